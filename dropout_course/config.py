@@ -1,0 +1,65 @@
+"""One place for seeding, device choice and thread count.
+
+Library functions never reseed the global random number generators: they take a ``torch.Generator``
+or a ``numpy.random.Generator``. ``seed_everything`` is for the top of a notebook or script.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+DEVICE_ENV_VAR = "DROPOUT_COURSE_DEVICE"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's, NumPy's and PyTorch's global RNGs; return a fresh ``torch.Generator`` on ``seed``.
+
+    Call it once at the top of a notebook. Library code takes generators instead of using global state.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return make_generator(seed)
+
+
+def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed`` (does not touch global state)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device to compute on: ``prefer`` or $DROPOUT_COURSE_DEVICE if set, else CUDA, MPS, CPU.
+
+    The course runs on a CPU; an accelerator is used only when one is present.
+    """
+    choice = prefer or os.environ.get(DEVICE_ENV_VAR)
+    if choice:
+        device = torch.device(choice)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {choice!r} was requested but CUDA is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def set_threads(n: int | None = None) -> int:
+    """Set PyTorch's intra-op thread count (default: the number of usable CPU cores); return it."""
+    if n is None:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"thread count must be a positive int, got {n!r}")
+    torch.set_num_threads(n)
+    return n

@@ -1,0 +1,389 @@
+"""The dropout family, written from scratch (no ``torch.nn.functional.dropout`` inside).
+
+Everywhere in this course ``p`` is the probability of DROPPING a unit, as in PyTorch. All layers use
+*inverted* dropout: kept units are scaled by ``1 / (1 - p)`` during training so that the expected
+output equals the input and nothing needs rescaling at test time.
+
+Every layer is an identity when ``p == 0`` or in eval mode, returns zeros (never NaN) when ``p == 1``,
+never modifies its input, and takes an optional ``torch.Generator`` so results are reproducible without
+touching the global RNG.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "dropout",
+    "Dropout",
+    "SpatialDropout",
+    "LockedDropout",
+    "GaussianDropout",
+    "DropPath",
+    "DropConnectLinear",
+    "dropout_forward_numpy",
+    "dropout_backward_numpy",
+    "check_probability",
+]
+
+
+def check_probability(p, name: str = "p") -> float:
+    """Return ``p`` as a float after checking it is a real number in [0, 1] (the drop probability).
+
+    Raises ``TypeError`` for non-numbers (including ``bool``) and ``ValueError`` for NaN or values
+    outside [0, 1]; both messages name the value received.
+    """
+    if isinstance(p, Tensor) and p.numel() == 1 and not p.is_complex():
+        p = p.item()
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(
+            f"dropout probability {name} must be a real number in [0, 1], got {p!r} ({type(p).__name__})"
+        )
+    value = float(p)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"dropout probability {name} must be in [0, 1] (the chance of dropping), got {p!r}")
+    return value
+
+
+def _check_tensor(x) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if not (x.is_floating_point() or x.is_complex()):
+        raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def _keep_mask(shape, p: float, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Bernoulli(1 - p) mask of ``shape``, already scaled by 1 / (1 - p), dtype/device of ``like``."""
+    mask = torch.empty(shape, dtype=like.dtype, device=like.device)
+    mask.bernoulli_(1.0 - p, generator=generator)
+    return mask.mul_(1.0 / (1.0 - p))
+
+
+def _masked(x: Tensor, p: float, mask_shape, training: bool, generator) -> Tensor:
+    """Shared body of the Bernoulli variants: identity, zeros, or ``x * scaled_mask``."""
+    _check_tensor(x)
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0  # zeros with a zero gradient; no division by 1 - p = 0
+    return x * _keep_mask(mask_shape, p, x, generator)
+
+
+def dropout(
+    x: Tensor, p: float = 0.5, training: bool = True, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""Inverted dropout: zero each element with probability ``p`` (the drop probability), rescale the rest.
+
+    .. math::
+        y_i = \frac{m_i}{1 - p} x_i, \qquad m_i \sim \mathrm{Bernoulli}(1 - p)\ \text{i.i.d.}
+
+    so :math:`\mathbb{E}[y_i] = x_i` and :math:`\mathrm{Var}[y_i] = x_i^2 \, p / (1 - p)`.
+    The gradient flows through the same mask: :math:`\partial y_i / \partial x_i = m_i / (1 - p)`.
+
+    Args:
+        x: input tensor of any shape (floating point).
+        p: probability of dropping an element, in [0, 1].
+        training: apply dropout if True; return ``x`` unchanged if False.
+        generator: optional ``torch.Generator`` for the mask.
+
+    Shape:
+        Output has the shape of ``x``.
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = dropout(torch.ones(4, 3), p=0.5, generator=g)
+        >>> sorted(set(y.flatten().tolist())) in ([0.0, 2.0], [2.0], [0.0])
+        True
+    """
+    p = check_probability(p)
+    return _masked(x, p, x.shape, training, generator)
+
+
+class _DropoutBase(nn.Module):
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.p = check_probability(p)
+        self.generator = generator
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Dropout(_DropoutBase):
+    r"""Inverted dropout as a module: drops each element with probability ``p`` in training mode.
+
+    .. math::
+        y = \frac{m \odot x}{1 - p}, \qquad m_i \sim \mathrm{Bernoulli}(1 - p)
+
+    In eval mode (``module.eval()``) it is the identity.
+
+    Args:
+        p: probability of dropping an element, in [0, 1]. Default: 0.5.
+        generator: optional ``torch.Generator`` for the masks.
+
+    Shape:
+        Input: any shape. Output: same shape as the input.
+
+    Examples:
+        >>> layer = Dropout(p=0.2)
+        >>> y = layer(torch.randn(8, 16))
+        >>> _ = layer.eval(); torch.equal(layer(y), y)
+        True
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _masked(x, self.p, x.shape, self.training, self.generator)
+
+
+class SpatialDropout(_DropoutBase):
+    r"""Channel dropout: drops whole feature maps with probability ``p`` (Tompson et al. 2015).
+
+    Neighbouring pixels of a conv feature map are strongly correlated, so element-wise dropout is
+    easily undone by the next convolution. One mask value per (sample, channel) drops a whole map:
+
+    .. math::
+        y_{n,c,\dots} = \frac{m_{n,c}}{1 - p} x_{n,c,\dots}, \qquad m_{n,c} \sim \mathrm{Bernoulli}(1 - p)
+
+    Args:
+        p: probability of dropping a channel, in [0, 1]. Default: 0.5.
+        generator: optional ``torch.Generator`` for the masks.
+
+    Shape:
+        Input: :math:`(N, C, *)` with at least 2 dimensions (e.g. :math:`(N, C, H, W)`). Output: same.
+
+    Examples:
+        >>> y = SpatialDropout(p=0.5)(torch.ones(2, 8, 5, 5))
+        >>> bool(((y == 0).all(dim=(2, 3)) | (y == 2).all(dim=(2, 3))).all())
+        True
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_tensor(x)
+        if x.dim() < 2:
+            raise ValueError(f"SpatialDropout expects input of shape (N, C, ...), got shape {tuple(x.shape)}")
+        mask_shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+        return _masked(x, self.p, mask_shape, self.training, self.generator)
+
+
+class LockedDropout(_DropoutBase):
+    r"""Variational ("locked") dropout: one mask per sequence, shared over every time step.
+
+    Gal & Ghahramani (2016): sampling a fresh mask at each step injects noise that accumulates along
+    the sequence; sharing it over time drops the same units for the whole sequence:
+
+    .. math::
+        y_{n,t,h} = \frac{m_{n,h}}{1 - p} x_{n,t,h}, \qquad m_{n,h} \sim \mathrm{Bernoulli}(1 - p)
+
+    Args:
+        p: probability of dropping a feature (for the whole sequence), in [0, 1]. Default: 0.5.
+        batch_first: input is :math:`(N, T, H)` if True (default), :math:`(T, N, H)` if False.
+        generator: optional ``torch.Generator`` for the masks.
+
+    Shape:
+        Input: :math:`(N, T, H)` (or :math:`(T, N, H)`; more trailing feature dims are allowed).
+        Output: same shape.
+
+    Examples:
+        >>> y = LockedDropout(p=0.5)(torch.ones(2, 7, 4))
+        >>> bool((y == y[:, :1, :]).all())  # every time step has the same mask
+        True
+    """
+
+    def __init__(self, p: float = 0.5, batch_first: bool = True, generator: torch.Generator | None = None):
+        super().__init__(p, generator)
+        if not isinstance(batch_first, bool):
+            raise TypeError(f"batch_first must be a bool, got {batch_first!r}")
+        self.batch_first = batch_first
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_tensor(x)
+        if x.dim() < 3:
+            layout = "(N, T, H)" if self.batch_first else "(T, N, H)"
+            raise ValueError(f"LockedDropout expects input of shape {layout}, got shape {tuple(x.shape)}")
+        time_dim = 1 if self.batch_first else 0
+        mask_shape = list(x.shape)
+        mask_shape[time_dim] = 1  # one mask for all time steps
+        return _masked(x, self.p, mask_shape, self.training, self.generator)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, batch_first={self.batch_first}"
+
+
+class GaussianDropout(_DropoutBase):
+    r"""Multiplicative Gaussian noise with the mean and variance of dropout at drop probability ``p``.
+
+    .. math::
+        y = x \odot \varepsilon, \qquad \varepsilon_i \sim \mathcal{N}\!\left(1, \frac{p}{1 - p}\right)
+
+    matching inverted Bernoulli dropout's first two moments (Srivastava et al. 2014, section 10).
+    ``p == 1`` (infinite variance) is defined as returning zeros, like the other layers.
+
+    Args:
+        p: the equivalent drop probability, in [0, 1]. Default: 0.5.
+        generator: optional ``torch.Generator`` for the noise.
+
+    Shape:
+        Input: any shape. Output: same shape.
+
+    Examples:
+        >>> y = GaussianDropout(p=0.5)(torch.ones(10000))
+        >>> abs(y.mean().item() - 1.0) < 0.05
+        True
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_tensor(x)
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return x * 0.0
+        std = math.sqrt(self.p / (1.0 - self.p))
+        noise = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=self.generator)
+        return x * noise.mul_(std).add_(1.0)
+
+
+class DropPath(_DropoutBase):
+    r"""Stochastic depth: drop a whole sample's residual branch with probability ``p`` (Huang et al. 2016).
+
+    Used on a residual branch, ``x + DropPath(p)(f(x))`` skips ``f`` for a random subset of samples:
+
+    .. math::
+        y_{n,\dots} = \frac{m_n}{1 - p} x_{n,\dots}, \qquad m_n \sim \mathrm{Bernoulli}(1 - p)
+
+    Args:
+        p: probability of dropping a sample's path, in [0, 1]. Default: 0.5.
+        generator: optional ``torch.Generator`` for the masks.
+
+    Shape:
+        Input: :math:`(N, *)`. Output: same shape.
+
+    Examples:
+        >>> y = DropPath(p=0.5)(torch.ones(6, 3, 4))
+        >>> bool(((y == 0).all(dim=(1, 2)) | (y == 2).all(dim=(1, 2))).all())
+        True
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_tensor(x)
+        if x.dim() < 1:
+            raise ValueError("DropPath expects input of shape (N, ...), got a 0-d tensor")
+        mask_shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return _masked(x, self.p, mask_shape, self.training, self.generator)
+
+
+class DropConnectLinear(nn.Linear):
+    r"""A linear layer that drops *weights*, not activations (DropConnect, Wan et al. 2013).
+
+    In training mode each forward pass samples one mask :math:`M` over the weight matrix, shared by the
+    batch, and uses the inverted scaling so that :math:`\mathbb{E}[y] = W x + b`:
+
+    .. math::
+        y = \left(\frac{M \odot W}{1 - p}\right) x + b, \qquad M_{ij} \sim \mathrm{Bernoulli}(1 - p)
+
+    In eval mode it is an ordinary ``nn.Linear`` with the mean weights :math:`W` (the bias is never
+    dropped).
+
+    Args:
+        in_features: size of each input sample.
+        out_features: size of each output sample.
+        p: probability of dropping a weight, in [0, 1]. Default: 0.5.
+        bias: learn an additive bias. Default: True.
+        generator: optional ``torch.Generator`` for the masks.
+
+    Shape:
+        Input: :math:`(*, H_{in})`. Output: :math:`(*, H_{out})`.
+
+    Examples:
+        >>> layer = DropConnectLinear(16, 4, p=0.3)
+        >>> layer(torch.randn(8, 16)).shape
+        torch.Size([8, 4])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        p: float = 0.5,
+        bias: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        super().__init__(in_features, out_features, bias=bias)
+        self.p = check_probability(p)
+        self.generator = generator
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_tensor(x)
+        weight = _masked(self.weight, self.p, self.weight.shape, self.training, self.generator)
+        return nn.functional.linear(x, weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, p={self.p}"
+
+
+# --------------------------------------------------------------------------- NumPy reference pair
+
+
+def dropout_forward_numpy(
+    x: np.ndarray, p: float, mode: str = "train", rng: np.random.Generator | int | None = None
+) -> tuple[np.ndarray, dict]:
+    r"""Inverted dropout forward pass in NumPy; ``p`` is the probability of dropping a unit.
+
+    .. math::
+        \text{train: } y = x \odot m / (1 - p),\ m_i \sim \mathrm{Bernoulli}(1 - p); \qquad
+        \text{test: } y = x
+
+    Args:
+        x: input array of any shape.
+        p: probability of dropping an element, in [0, 1].
+        mode: ``"train"`` or ``"test"``.
+        rng: a ``numpy.random.Generator`` (or an int seed, or None for a fresh one).
+
+    Returns:
+        ``(out, cache)``: ``out`` has the shape of ``x``; ``cache`` holds what the backward pass needs
+        (``"mask"``, the scaled mask, ``None`` in test mode; ``"p"``; ``"mode"``).
+    """
+    p = check_probability(p)
+    if mode not in ("train", "test"):
+        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+    x = np.asarray(x)
+    if mode == "test" or p == 0.0:
+        return x.copy(), {"mask": None, "p": p, "mode": mode}
+    if not isinstance(rng, np.random.Generator):
+        if rng is not None and (isinstance(rng, bool) or not isinstance(rng, (int, np.integer))):
+            raise TypeError(
+                f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}"
+            )
+        rng = np.random.default_rng(rng)
+    dtype = np.dtype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
+    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)  # p == 1: all-zero mask, no division by zero
+    mask = (rng.random(x.shape) >= p).astype(dtype) * dtype.type(scale)
+    return x * mask, {"mask": mask, "p": p, "mode": mode}
+
+
+def dropout_backward_numpy(dout: np.ndarray, cache: dict) -> np.ndarray:
+    r"""Backward pass of :func:`dropout_forward_numpy`: :math:`\partial L/\partial x = \partial L/\partial y \odot m / (1-p)`.
+
+    Args:
+        dout: upstream gradient, shape of the forward output.
+        cache: the ``cache`` returned by the forward pass.
+
+    Returns:
+        ``dx`` with the shape of ``dout``.
+    """
+    if not isinstance(cache, dict) or "mask" not in cache:
+        raise TypeError("cache must be the dict returned by dropout_forward_numpy")
+    dout = np.asarray(dout)
+    mask = cache["mask"]
+    if mask is None:
+        return dout.copy()
+    if dout.shape != mask.shape:
+        raise ValueError(f"dout has shape {dout.shape}, expected {mask.shape} (the forward output's shape)")
+    return dout * mask
