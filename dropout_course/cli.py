@@ -70,8 +70,9 @@ def _data_checks() -> list[tuple[str, Callable[[], str]]]:
     ]
 
 
-def doctor(out=sys.stdout) -> int:
+def doctor(out=None) -> int:
     """Print versions, threads, device and whether each offline data set loads; return an exit code."""
+    out = out or sys.stdout
     problems: list[str] = []
 
     def line(ok: bool, what: str, detail: str) -> None:

@@ -101,6 +101,7 @@ def dropout(
         True
     """
     p = check_probability(p)
+    _check_tensor(x)
     return _masked(x, p, x.shape, training, generator)
 
 

@@ -1,0 +1,35 @@
+"""Set-up files agree: environment.yml pins match pyproject's; CI runs the README's test command."""
+
+import pathlib
+import re
+import tomllib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def pyproject_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["dependencies"] + project["optional-dependencies"]["dev"]
+
+
+def test_every_dependency_is_pinned_exactly():
+    for requirement in pyproject_pins():
+        assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.]*", requirement), requirement
+    assert "torch==2.13.0" in pyproject_pins()
+    assert not any(r.startswith("torchvision") for r in pyproject_pins())
+
+
+def test_environment_yml_matches_pyproject():
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    conda_pins = [m.group(1) for line in lines if (m := re.match(r"\s+- ([A-Za-z0-9_.\-]+==\S+)$", line))]
+    normalize = lambda r: r.lower().replace("_", "-")  # noqa: E731
+    assert sorted(map(normalize, conda_pins)) == sorted(map(normalize, pyproject_pins()))
+    assert any("python=3.11" in line for line in lines)
+
+
+def test_ci_and_readme_run_the_same_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and re.search(r"^make test$", ci, re.M)
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: ", makefile, re.M) and re.search(r"^lab: ", makefile, re.M)

@@ -1,0 +1,288 @@
+"""The dropout family: statistics within binomial tolerances, gradients, edge cases, errors."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dropout_course.layers import (
+    DropConnectLinear,
+    DropPath,
+    Dropout,
+    GaussianDropout,
+    LockedDropout,
+    SpatialDropout,
+    dropout,
+    dropout_backward_numpy,
+    dropout_forward_numpy,
+)
+
+SIGMA = 6.0  # tolerance in standard deviations of the binomial / sample-mean spread
+
+
+def binomial_bound(n: int, p: float) -> float:
+    """6-sigma half-width for the observed fraction of n Bernoulli(p) draws."""
+    return SIGMA * math.sqrt(p * (1 - p) / n) + 1e-12
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- functional dropout
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_drop_fraction_and_scaling(p):
+    x = torch.ones(200_000)
+    y = dropout(x, p, generator=gen())
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - p) < binomial_bound(len(x), p)
+    kept = y[y != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - p)))
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_mean_and_variance_match_formulas(p):
+    x = torch.full((400_000,), 3.0)
+    y = dropout(x, p, generator=gen(1))
+    var = 9.0 * p / (1 - p)
+    assert abs(y.mean().item() - 3.0) < SIGMA * math.sqrt(var / len(x))
+    # the sample variance of a scaled Bernoulli: relative tolerance from its own spread (4th moment)
+    assert abs(y.var().item() - var) / var < 0.02
+
+
+def test_statistics_agree_with_torch_dropout():
+    x = torch.randn(100_000, generator=gen(2)).abs() + 0.5
+    p = 0.3
+    ours = dropout(x, p, generator=gen(3))
+    ref = F.dropout(x, p, training=True)
+    assert abs((ours == 0).float().mean() - (ref == 0).float().mean()) < 2 * binomial_bound(len(x), p)
+    kept_ours, kept_ref = ours[ours != 0] / x[ours != 0], ref[ref != 0] / x[ref != 0]
+    assert torch.allclose(kept_ours, torch.full_like(kept_ours, 1 / 0.7))
+    assert torch.allclose(kept_ref, torch.full_like(kept_ref, 1 / 0.7))  # the same inverted scaling
+
+
+def test_autograd_gradient_is_the_mask():
+    x = torch.randn(50, 20, requires_grad=True)
+    y = dropout(x, 0.4, generator=gen(4))
+    y.backward(torch.ones_like(y))
+    expected = (y != 0).float() / 0.6
+    assert torch.allclose(x.grad, expected)
+
+
+def test_gradcheck_with_fixed_mask():
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: dropout(t, 0.3, generator=gen(5)), (x,))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_eval_mode_and_p0_return_input_unchanged(p):
+    x = torch.randn(10, 10)
+    assert dropout(x, p, training=False) is x
+    assert torch.equal(dropout(x, 0.0), x)
+
+
+def test_p1_returns_zeros_without_nan_and_zero_grad():
+    x = torch.randn(10, 10, requires_grad=True)
+    y = dropout(x, 1.0)
+    assert torch.equal(y, torch.zeros_like(y)) and not torch.isnan(y).any()
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_input_never_modified():
+    x = torch.randn(100, 10)
+    before = x.clone()
+    for layer in (Dropout(0.5), SpatialDropout(0.5), DropPath(0.5), GaussianDropout(0.5)):
+        layer(x.view(100, 10, 1))
+    dropout(x, 0.5)
+    LockedDropout(0.5)(x.view(10, 10, 10))
+    assert torch.equal(x, before)
+
+
+def test_generator_makes_masks_reproducible_and_successive_calls_differ():
+    x = torch.ones(1000)
+    assert torch.equal(dropout(x, 0.5, generator=gen(7)), dropout(x, 0.5, generator=gen(7)))
+    g = gen(7)
+    assert not torch.equal(dropout(x, 0.5, generator=g), dropout(x, 0.5, generator=g))
+
+
+def test_dtype_and_device_preserved():
+    x = torch.ones(10, dtype=torch.float64)
+    assert dropout(x, 0.5).dtype == torch.float64
+
+
+# --------------------------------------------------------------------------- bad input, pinned messages
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), float("inf")])
+def test_bad_p_value_raises_value_error_naming_it(bad):
+    with pytest.raises(ValueError, match=r"dropout probability p must be in \[0, 1\].*got " + re.escape(repr(bad))):
+        dropout(torch.ones(3), bad)
+
+
+@pytest.mark.parametrize("bad", ["0.5", None, True, [0.5], 1j])
+def test_bad_p_type_raises_type_error_naming_it(bad):
+    with pytest.raises(TypeError, match=r"must be a real number in \[0, 1\], got " + re.escape(repr(bad))):
+        dropout(torch.ones(3), bad)
+
+
+@pytest.mark.parametrize(
+    "factory", [Dropout, SpatialDropout, LockedDropout, GaussianDropout, DropPath, lambda p: DropConnectLinear(3, 2, p)]
+)
+def test_every_layer_validates_p(factory):
+    with pytest.raises(ValueError, match="got 2"):
+        factory(2)
+    with pytest.raises(TypeError, match="got 'x'"):
+        factory("x")
+
+
+def test_non_tensor_input_is_a_type_error():
+    with pytest.raises(TypeError, match="input must be a torch.Tensor, got list"):
+        dropout([1.0, 2.0], 0.5)
+    with pytest.raises(TypeError, match="floating-point"):
+        dropout(torch.ones(3, dtype=torch.int64), 0.5)
+
+
+def test_numpy_probability_and_tensor_probability_accepted():
+    assert dropout(torch.ones(3), np.float32(0.0)).sum() == 3
+    assert dropout(torch.ones(3), torch.tensor(0.0)).sum() == 3
+
+
+# --------------------------------------------------------------------------- structured variants
+
+
+def test_dropout_module_train_and_eval():
+    layer = Dropout(0.5, generator=gen(8))
+    x = torch.ones(1000)
+    assert (layer(x) == 0).any()
+    layer.eval()
+    assert layer(x) is x
+    assert "p=0.5" in repr(layer)
+
+
+def test_spatial_dropout_drops_whole_channels():
+    p = 0.5
+    x = torch.ones(64, 32, 6, 6)
+    y = SpatialDropout(p, generator=gen(9))(x)
+    per_channel = y.flatten(2)
+    assert ((per_channel == 0).all(-1) | (per_channel == 2.0).all(-1)).all()
+    frac = (per_channel[..., 0] == 0).float().mean().item()
+    assert abs(frac - p) < binomial_bound(64 * 32, p)
+    # masks differ between samples (not one mask for the batch)
+    assert not torch.equal(y[0], y[1])
+    with pytest.raises(ValueError, match=r"\(N, C, \.\.\.\).*\(5,\)"):
+        SpatialDropout(0.5)(torch.ones(5))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_locked_dropout_shares_mask_over_time(batch_first):
+    x = torch.ones(16, 9, 50) if batch_first else torch.ones(9, 16, 50)
+    y = LockedDropout(0.3, batch_first=batch_first, generator=gen(10))(x)
+    time_dim = 1 if batch_first else 0
+    first = y.select(time_dim, 0).unsqueeze(time_dim)
+    assert torch.equal(y, first.expand_as(y))
+    frac = (first == 0).float().mean().item()
+    assert abs(frac - 0.3) < binomial_bound(16 * 50, 0.3)
+    batch_dim = 0 if batch_first else 1
+    assert not torch.equal(y.select(batch_dim, 0), y.select(batch_dim, 1))
+
+
+def test_locked_dropout_rejects_2d_input_and_bad_batch_first():
+    with pytest.raises(ValueError, match=r"\(N, T, H\)"):
+        LockedDropout(0.5)(torch.ones(3, 4))
+    with pytest.raises(TypeError, match="batch_first"):
+        LockedDropout(0.5, batch_first="yes")
+
+
+def test_gaussian_dropout_moments():
+    p = 0.3
+    x = torch.full((400_000,), 2.0)
+    y = GaussianDropout(p, generator=gen(11))(x)
+    var = 4.0 * p / (1 - p)
+    assert abs(y.mean().item() - 2.0) < SIGMA * math.sqrt(var / len(x))
+    assert abs(y.var().item() - var) / var < 0.02
+    assert torch.equal(GaussianDropout(1.0)(x), torch.zeros_like(x))
+    layer = GaussianDropout(p).eval()
+    assert layer(x) is x
+
+
+def test_drop_path_drops_whole_samples():
+    p = 0.25
+    x = torch.ones(4000, 3, 5)
+    y = DropPath(p, generator=gen(12))(x)
+    per_sample = y.flatten(1)
+    assert ((per_sample == 0).all(1) | torch.isclose(per_sample, torch.tensor(1 / 0.75)).all(1)).all()
+    frac = (per_sample[:, 0] == 0).float().mean().item()
+    assert abs(frac - p) < binomial_bound(4000, p)
+
+
+def test_dropconnect_drops_weights_and_is_unbiased():
+    torch.manual_seed(0)
+    layer = DropConnectLinear(20, 5, p=0.5, generator=gen(13))
+    x = torch.randn(4, 20)
+    samples = torch.stack([layer(x) for _ in range(4000)])
+    exact = F.linear(x, layer.weight, layer.bias).detach()
+    # each output is a sum of 20 scaled Bernoulli terms: its spread gives the tolerance
+    spread = samples.std(0)
+    assert ((samples.mean(0) - exact).abs() <= SIGMA * spread / math.sqrt(4000) + 1e-6).all()
+    layer.eval()
+    assert torch.allclose(layer(x), exact)
+    # a single forward pass uses one weight mask: outputs are linear in x with that masked matrix
+    layer.train()
+    y = layer(torch.eye(20))
+    assert ((y - layer.bias) == 0).float().mean() > 0.3  # dropped weights show up as exact zeros
+    with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
+        DropConnectLinear(0, 3, 0.5)
+
+
+# --------------------------------------------------------------------------- NumPy reference pair
+
+
+def test_numpy_forward_statistics_and_test_mode():
+    x = np.full((500, 400), 2.0)
+    out, cache = dropout_forward_numpy(x, 0.4, "train", np.random.default_rng(0))
+    assert abs((out == 0).mean() - 0.4) < binomial_bound(x.size, 0.4)
+    assert np.allclose(out[out != 0], 2.0 / 0.6)
+    test_out, _ = dropout_forward_numpy(x, 0.4, "test", np.random.default_rng(0))
+    assert np.array_equal(test_out, x)
+    zeros, _ = dropout_forward_numpy(x, 1.0, "train", np.random.default_rng(0))
+    assert np.array_equal(zeros, np.zeros_like(x)) and not np.isnan(zeros).any()
+
+
+def test_numpy_backward_matches_numerical_gradient():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(7, 5))
+    upstream = rng.normal(size=(7, 5))
+    _, cache = dropout_forward_numpy(x, 0.3, "train", np.random.default_rng(2))
+    dx = dropout_backward_numpy(upstream, cache)
+
+    def loss(z):
+        out, _ = dropout_forward_numpy(z, 0.3, "train", np.random.default_rng(2))  # same mask
+        return float((out * upstream).sum())
+
+    eps = 1e-6
+    numeric = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[idx] = eps
+        numeric[idx] = (loss(x + step) - loss(x - step)) / (2 * eps)
+    assert np.max(np.abs(dx - numeric)) / (np.max(np.abs(numeric)) + 1e-12) < 1e-7
+
+
+def test_numpy_pair_bad_input():
+    with pytest.raises(ValueError, match="mode must be 'train' or 'test', got 'eval'"):
+        dropout_forward_numpy(np.ones(3), 0.5, "eval")
+    with pytest.raises(ValueError, match="got 1.2"):
+        dropout_forward_numpy(np.ones(3), 1.2)
+    _, cache = dropout_forward_numpy(np.ones(3), 0.5, "train", 0)
+    with pytest.raises(ValueError, match=r"dout has shape \(4,\), expected \(3,\)"):
+        dropout_backward_numpy(np.ones(4), cache)
+    x = np.ones(5)
+    dropout_forward_numpy(x, 0.5, "train", 0)
+    assert np.array_equal(x, np.ones(5))
+
