@@ -5,7 +5,14 @@ import socket
 import pytest
 import torch
 
-from dropout_course.data import encode_names, load_digits, load_mnist, load_surnames, toy_function, toy_regression
+from dropout_course.data import (
+    encode_names,
+    load_digits,
+    load_mnist,
+    load_surnames,
+    toy_function,
+    toy_regression,
+)
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from dropout_course.layers import (
     DropConnectLinear,
-    DropPath,
     Dropout,
+    DropPath,
     GaussianDropout,
     LockedDropout,
     SpatialDropout,
@@ -121,7 +121,9 @@ def test_dtype_and_device_preserved():
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), float("inf")])
 def test_bad_p_value_raises_value_error_naming_it(bad):
-    with pytest.raises(ValueError, match=r"dropout probability p must be in \[0, 1\].*got " + re.escape(repr(bad))):
+    with pytest.raises(
+        ValueError, match=r"dropout probability p must be in \[0, 1\].*got " + re.escape(repr(bad))
+    ):
         dropout(torch.ones(3), bad)
 
 
@@ -132,7 +134,8 @@ def test_bad_p_type_raises_type_error_naming_it(bad):
 
 
 @pytest.mark.parametrize(
-    "factory", [Dropout, SpatialDropout, LockedDropout, GaussianDropout, DropPath, lambda p: DropConnectLinear(3, 2, p)]
+    "factory",
+    [Dropout, SpatialDropout, LockedDropout, GaussianDropout, DropPath, lambda p: DropConnectLinear(3, 2, p)],
 )
 def test_every_layer_validates_p(factory):
     with pytest.raises(ValueError, match="got 2"):
@@ -285,4 +288,3 @@ def test_numpy_pair_bad_input():
     x = np.ones(5)
     dropout_forward_numpy(x, 0.5, "train", 0)
     assert np.array_equal(x, np.ones(5))
-

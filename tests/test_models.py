@@ -21,22 +21,92 @@ TOKENS = torch.tensor([[3, 4, 5, 0, 0], [6, 7, 8, 9, 2]])
 
 def models_and_inputs():
     return [
-        (MLP(MLPConfig(in_features=20, hidden=(16,), n_classes=3, input_dropout=0.2, hidden_dropout=0.5)),
-         torch.randn(4, 20), (4, 3)),
-        (ConvNet(ConvNetConfig(image_size=8, channels=(4,), fc_hidden=8, n_classes=3, conv_dropout=0.3,
-                               fc_dropout=0.5)), torch.randn(4, 1, 8, 8), (4, 3)),
-        (ConvNet(ConvNetConfig(image_size=8, channels=(4,), fc_hidden=8, n_classes=3, conv_dropout=0.3,
-                               conv_dropout_kind="element")), torch.randn(4, 1, 8, 8), (4, 3)),
-        (CharRNN(CharRNNConfig(vocab_size=10, n_classes=3, embed_dim=8, hidden_size=8, num_layers=2,
-                               embedding_dropout=0.2, input_dropout=0.2, between_dropout=0.2, output_dropout=0.2,
-                               recurrent_dropout=0.3, weight_drop=0.3, locked=True)), TOKENS, (2, 3)),
-        (CharRNN(CharRNNConfig(vocab_size=10, n_classes=3, embed_dim=8, hidden_size=8, recurrent_dropout=0.3,
-                               recurrent_mask="per_step")), TOKENS, (2, 3)),
-        (TinyTransformer(TransformerConfig(vocab_size=10, n_classes=3, max_len=8, d_model=16, n_heads=2,
-                                           n_layers=2, d_ff=16, embedding_dropout=0.2, attention_dropout=0.2,
-                                           residual_dropout=0.2, drop_path=0.2)), TOKENS, (2, 3)),
-        (QNetwork(QNetworkConfig(obs_dim=4, n_actions=2, hidden=(16,), dropout=0.3, layer_norm=True)),
-         torch.randn(4, 4), (4, 2)),
+        (
+            MLP(MLPConfig(in_features=20, hidden=(16,), n_classes=3, input_dropout=0.2, hidden_dropout=0.5)),
+            torch.randn(4, 20),
+            (4, 3),
+        ),
+        (
+            ConvNet(
+                ConvNetConfig(
+                    image_size=8, channels=(4,), fc_hidden=8, n_classes=3, conv_dropout=0.3, fc_dropout=0.5
+                )
+            ),
+            torch.randn(4, 1, 8, 8),
+            (4, 3),
+        ),
+        (
+            ConvNet(
+                ConvNetConfig(
+                    image_size=8,
+                    channels=(4,),
+                    fc_hidden=8,
+                    n_classes=3,
+                    conv_dropout=0.3,
+                    conv_dropout_kind="element",
+                )
+            ),
+            torch.randn(4, 1, 8, 8),
+            (4, 3),
+        ),
+        (
+            CharRNN(
+                CharRNNConfig(
+                    vocab_size=10,
+                    n_classes=3,
+                    embed_dim=8,
+                    hidden_size=8,
+                    num_layers=2,
+                    embedding_dropout=0.2,
+                    input_dropout=0.2,
+                    between_dropout=0.2,
+                    output_dropout=0.2,
+                    recurrent_dropout=0.3,
+                    weight_drop=0.3,
+                    locked=True,
+                )
+            ),
+            TOKENS,
+            (2, 3),
+        ),
+        (
+            CharRNN(
+                CharRNNConfig(
+                    vocab_size=10,
+                    n_classes=3,
+                    embed_dim=8,
+                    hidden_size=8,
+                    recurrent_dropout=0.3,
+                    recurrent_mask="per_step",
+                )
+            ),
+            TOKENS,
+            (2, 3),
+        ),
+        (
+            TinyTransformer(
+                TransformerConfig(
+                    vocab_size=10,
+                    n_classes=3,
+                    max_len=8,
+                    d_model=16,
+                    n_heads=2,
+                    n_layers=2,
+                    d_ff=16,
+                    embedding_dropout=0.2,
+                    attention_dropout=0.2,
+                    residual_dropout=0.2,
+                    drop_path=0.2,
+                )
+            ),
+            TOKENS,
+            (2, 3),
+        ),
+        (
+            QNetwork(QNetworkConfig(obs_dim=4, n_actions=2, hidden=(16,), dropout=0.3, layer_norm=True)),
+            torch.randn(4, 4),
+            (4, 2),
+        ),
     ]
 
 
@@ -74,7 +144,9 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="d_model=10 must be divisible by n_heads=4"):
         TinyTransformer(TransformerConfig(vocab_size=5, n_classes=2, d_model=10, n_heads=4))
     with pytest.raises(ValueError, match="exceeds max_len=4"):
-        TinyTransformer(TransformerConfig(vocab_size=10, n_classes=2, max_len=4, d_model=8, n_heads=2))(TOKENS)
+        TinyTransformer(TransformerConfig(vocab_size=10, n_classes=2, max_len=4, d_model=8, n_heads=2))(
+            TOKENS
+        )
 
 
 def test_charrnn_reads_the_state_at_the_last_real_character():
@@ -84,7 +156,9 @@ def test_charrnn_reads_the_state_at_the_last_real_character():
 
 
 def test_transformer_attention_maps_and_padding():
-    model = TinyTransformer(TransformerConfig(vocab_size=10, n_classes=3, max_len=8, d_model=16, n_heads=2)).eval()
+    model = TinyTransformer(
+        TransformerConfig(vocab_size=10, n_classes=3, max_len=8, d_model=16, n_heads=2)
+    ).eval()
     model(TOKENS)
     maps = model.attention_maps()
     assert len(maps) == 2 and maps[0].shape == (2, 2, 5, 5)

@@ -46,7 +46,9 @@ def test_same_seed_same_history_and_caller_rng_untouched():
 def test_early_stopping_and_restore_best():
     train, val = tiny_problem(n=60)
     model = new_model(p=0.0)
-    history = fit(model, train, val, epochs=300, lr=5e-2, patience=3, restore_best=True, seed=0, progress=False)
+    history = fit(
+        model, train, val, epochs=300, lr=5e-2, patience=3, restore_best=True, seed=0, progress=False
+    )
     assert history.stopped_early and len(history.epoch) < 300
     assert history.epoch[-1] - history.best_epoch == 3
     restored = evaluate(model, val)["loss"]
