@@ -1,0 +1,338 @@
+"""MC dropout prediction (vectorised), calibration (ECE, reliability diagrams) and uncertainty scores.
+
+Monte Carlo dropout (Gal & Ghahramani 2016) keeps dropout ON at test time and averages ``T`` stochastic
+forward passes; the spread of the passes is a measure of the model's uncertainty. Here ``p`` is, as
+everywhere in the course, the probability of DROPPING a unit.
+
+* :func:`mc_dropout_mode`    context manager: the whole model in eval mode, only its dropout modules in
+                             train mode (BatchNorm keeps using its running statistics).
+* :func:`mc_predict`         all ``T`` passes in ONE batched forward pass: the batch is repeated ``T``
+                             times, (T*N, ...) -> outputs reshaped to (T, N, ...).
+* :func:`mc_predict_loop`    the naive reference: ``T`` separate forward passes.
+* :func:`expected_calibration_error`, :func:`reliability_diagram`   equal-width confidence bins.
+* :func:`predictive_entropy`, :func:`mutual_information`, :func:`auroc`   uncertainty scores and OOD.
+
+The vectorised form is exact (the same distribution as the loop) because every dropout layer of the
+course draws its mask per example: copy ``t`` of example ``n`` gets its own mask, as it would in pass
+``t`` of the loop. Layers that share one mask across the batch (``DropConnectLinear``, which masks the
+weights) would give all ``T`` copies the same mask, so :func:`mc_predict` refuses them; use the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .layers import DropConnectLinear, _DropoutBase
+from .training import seeded
+
+__all__ = [
+    "DROPOUT_TYPES",
+    "dropout_modules",
+    "mc_dropout_mode",
+    "mc_predict",
+    "mc_predict_loop",
+    "predictive_entropy",
+    "mutual_information",
+    "expected_calibration_error",
+    "reliability_diagram",
+    "auroc",
+]
+
+#: Module types switched to train mode for MC sampling: the course's layers and torch's own dropouts.
+DROPOUT_TYPES: tuple[type[nn.Module], ...] = (_DropoutBase, nn.modules.dropout._DropoutNd)
+
+
+def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    """The dropout modules of ``model`` (instances of :data:`DROPOUT_TYPES` or ``DropConnectLinear``)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return [m for m in model.modules() if isinstance(m, (*DROPOUT_TYPES, DropConnectLinear))]
+
+
+@contextlib.contextmanager
+def mc_dropout_mode(model: nn.Module):
+    """Put ``model`` in eval mode with only its dropout modules in train mode; restore every mode after.
+
+    BatchNorm, LayerNorm and everything else stay in eval mode, so BatchNorm normalises with its running
+    statistics (never with the statistics of the current batch) and never updates them.
+
+    >>> from dropout_course.models import MLP, MLPConfig
+    >>> net = MLP(MLPConfig(in_features=4, hidden=(8,), n_classes=2, hidden_dropout=0.5))
+    >>> with mc_dropout_mode(net):
+    ...     [m.training for m in net.modules()].count(True)  # the two dropout modules
+    2
+    >>> net.training
+    True
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    drops = dropout_modules(model)
+    if not drops:
+        raise ValueError(f"model {type(model).__name__} has no dropout modules: MC dropout needs some")
+    model.eval()
+    for m in drops:
+        m.train()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _check_inputs(model, x, T: int) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or len(x) == 0:
+        raise ValueError(f"x must be a non-empty batch (N, ...), got shape {tuple(x.shape)}")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T (the number of MC samples) must be a positive int, got {T!r}")
+
+
+def _finish(out: Tensor, softmax: bool) -> Tensor:
+    return torch.softmax(out, dim=-1) if softmax else out
+
+
+@torch.no_grad()
+def mc_predict(
+    model: nn.Module,
+    x: Tensor,
+    T: int = 50,
+    *,
+    softmax: bool = False,
+    seed: int | None = None,
+    max_rows: int | None = None,
+) -> Tensor:
+    r"""``T`` MC-dropout forward passes of ``x`` in one batched pass: outputs of shape (T, N, ...).
+
+    The batch is repeated ``T`` times along dim 0, run once with only the dropout modules in train mode
+    (see :func:`mc_dropout_mode`), and the output is reshaped from (T*N, ...) to (T, N, ...). Each row
+    gets its own dropout mask (drop probability ``p`` of each layer), so ``out[t]`` has the distribution
+    of one stochastic pass. The predictive mean and spread are
+
+    .. math::
+        \hat\mu(x) = \frac{1}{T}\sum_{t=1}^{T} f_{\omega_t}(x), \qquad
+        \hat\sigma^2(x) = \frac{1}{T}\sum_{t=1}^{T} \big(f_{\omega_t}(x) - \hat\mu(x)\big)^2 .
+
+    Args:
+        model: a network with dropout modules; its train/eval modes are restored afterwards.
+        x: input batch (N, ...).
+        T: number of MC samples.
+        softmax: apply a softmax over the last dimension (class probabilities for classifiers).
+        seed: seed for the dropout masks (the global RNG is forked; the caller's state is untouched).
+        max_rows: if given, run the (T*N, ...) batch in chunks of at most this many rows (memory cap);
+            the masks are still independent per row.
+
+    Shape:
+        x (N, ...) -> output (T, N, ...) where ``...`` is the model's output shape per example.
+
+    Examples:
+        >>> from dropout_course.models import MLP, MLPConfig
+        >>> net = MLP(MLPConfig(in_features=1, hidden=(16,), n_classes=1, hidden_dropout=0.2))
+        >>> mc_predict(net, torch.zeros(5, 1), T=30, seed=0).shape
+        torch.Size([30, 5, 1])
+    """
+    _check_inputs(model, x, T)
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+        raise ValueError(f"max_rows must be a positive int or None, got {max_rows!r}")
+    shared = [type(m).__name__ for m in dropout_modules(model) if isinstance(m, DropConnectLinear)]
+    if shared:
+        raise ValueError(
+            f"model has {shared[0]} layers, whose mask is shared by the whole batch: the T repeated copies "
+            "would not be independent samples; use mc_predict_loop"
+        )
+    n = len(x)
+    context = seeded(seed) if seed is not None else contextlib.nullcontext()
+    with context, mc_dropout_mode(model):
+        big = x.repeat(T, *([1] * (x.dim() - 1)))  # (T*N, ...): copy t of example i is row t*N + i
+        if max_rows is None or len(big) <= max_rows:
+            out = model(big)
+        else:
+            out = torch.cat([model(chunk) for chunk in big.split(max_rows)])
+    out = out.reshape(T, n, *out.shape[1:])  # (T*N, ...) -> (T, N, ...)
+    return _finish(out, softmax)
+
+
+@torch.no_grad()
+def mc_predict_loop(
+    model: nn.Module, x: Tensor, T: int = 50, *, softmax: bool = False, seed: int | None = None
+) -> Tensor:
+    """The naive reference for :func:`mc_predict`: ``T`` separate forward passes, stacked to (T, N, ...).
+
+    Same arguments and output as :func:`mc_predict`; slower (``T`` passes instead of one) but it works
+    for any model, including layers that share one mask per batch (``DropConnectLinear``).
+    """
+    _check_inputs(model, x, T)
+    context = seeded(seed) if seed is not None else contextlib.nullcontext()
+    with context, mc_dropout_mode(model):
+        out = torch.stack([model(x) for _ in range(T)])  # (T, N, ...)
+    return _finish(out, softmax)
+
+
+# --------------------------------------------------------------------------- uncertainty scores
+
+
+def _as_probs(probs, name: str = "probs") -> Tensor:
+    if isinstance(probs, np.ndarray):
+        probs = torch.from_numpy(probs)
+    if not isinstance(probs, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(probs).__name__}")
+    if not probs.is_floating_point():
+        raise TypeError(f"{name} must hold floating-point probabilities, got dtype {probs.dtype}")
+    if probs.dim() < 2:
+        raise ValueError(f"{name} must have a class dimension last, (..., C), got shape {tuple(probs.shape)}")
+    if probs.numel() and (probs.min() < -1e-6 or (probs.sum(-1) - 1).abs().max() > 1e-3):
+        raise ValueError(
+            f"{name} must be probabilities (>= 0, summing to 1 over the last dim); got min "
+            f"{probs.min().item():.3g} and row sums up to {probs.sum(-1).max().item():.4g}: apply softmax"
+        )
+    return probs.double()
+
+
+def _entropy(probs: Tensor) -> Tensor:
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
+
+
+def predictive_entropy(probs) -> Tensor:
+    r"""Entropy (in nats) of the predictive distribution, one value per example.
+
+    ``probs`` is (N, C) class probabilities, or (T, N, C) MC samples, which are averaged first:
+
+    .. math:: \mathbb{H}[y \mid x] = -\sum_c \bar p_c \log \bar p_c, \qquad
+              \bar p_c = \frac{1}{T}\sum_t p_{c}^{(t)} .
+
+    Ranges from 0 (certain) to :math:`\log C` (uniform). Returns a float64 tensor (N,).
+    """
+    probs = _as_probs(probs)
+    if probs.dim() == 3:
+        probs = probs.mean(0)
+    if probs.dim() != 2:
+        raise ValueError(f"probs must be (N, C) or (T, N, C), got shape {tuple(probs.shape)}")
+    return _entropy(probs)
+
+
+def mutual_information(probs) -> Tensor:
+    r"""The epistemic part of the predictive entropy (BALD score), from (T, N, C) MC samples.
+
+    .. math:: I = \mathbb{H}\Big[\frac{1}{T}\sum_t p^{(t)}\Big] - \frac{1}{T}\sum_t \mathbb{H}[p^{(t)}]
+              \;\ge 0,
+
+    large when the passes disagree with each other (each pass may be confident). Returns (N,).
+    """
+    probs = _as_probs(probs)
+    if probs.dim() != 3:
+        raise ValueError(f"mutual_information needs (T, N, C) MC samples, got shape {tuple(probs.shape)}")
+    return (_entropy(probs.mean(0)) - _entropy(probs).mean(0)).clamp_min(0.0)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _check_calibration_inputs(probs, labels, n_bins) -> tuple[np.ndarray, np.ndarray]:
+    probs = _as_probs(probs)
+    if probs.dim() != 2:
+        raise ValueError(
+            f"probs must be (N, C) class probabilities (average MC samples first), got "
+            f"shape {tuple(probs.shape)}"
+        )
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(labels)
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor or numpy array, got {type(labels).__name__}")
+    if labels.shape != probs.shape[:1]:
+        raise ValueError(f"labels must have shape ({len(probs)},) to match probs, got {tuple(labels.shape)}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    if len(probs) == 0:
+        raise ValueError("probs is empty: need at least one example")
+    conf, pred = probs.max(-1)
+    correct = (pred == labels.to(pred.device)).double()
+    return conf.cpu().numpy(), correct.cpu().numpy()
+
+
+def reliability_diagram(probs, labels, n_bins: int = 15):
+    """Reliability-diagram data: per equal-width confidence bin, mean confidence, accuracy and count.
+
+    The confidence of an example is its top class probability; bin ``b`` holds confidences in
+    ``(b/n_bins, (b+1)/n_bins]`` (the first bin also holds 0). Returns a pandas DataFrame with columns
+    ``bin_lower, bin_upper, confidence, accuracy, count`` (confidence/accuracy NaN for empty bins).
+    A perfectly calibrated model has ``accuracy == confidence`` in every bin.
+    """
+    import pandas as pd
+
+    conf, correct = _check_calibration_inputs(probs, labels, n_bins)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.searchsorted(edges[1:-1], conf, side="left")  # bin b: edges[b] < conf <= edges[b + 1]
+    count = np.bincount(which, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(which, weights=conf, minlength=n_bins) / count
+        accuracy = np.bincount(which, weights=correct, minlength=n_bins) / count
+    return pd.DataFrame(
+        {
+            "bin_lower": edges[:-1],
+            "bin_upper": edges[1:],
+            "confidence": confidence,
+            "accuracy": accuracy,
+            "count": count,
+        }
+    )
+
+
+def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:
+    r"""Expected calibration error with ``n_bins`` equal-width confidence bins (Guo et al. 2017).
+
+    .. math:: \mathrm{ECE} = \sum_{b=1}^{B} \frac{|B_b|}{N}\,
+              \big|\mathrm{acc}(B_b) - \mathrm{conf}(B_b)\big|
+
+    Args:
+        probs: (N, C) class probabilities (for MC dropout: the mean over the T samples).
+        labels: (N,) integer true classes.
+        n_bins: number of equal-width bins on [0, 1].
+
+    Examples:
+        >>> probs = torch.tensor([[0.95, 0.05], [0.95, 0.05], [0.65, 0.35], [0.25, 0.75]])
+        >>> round(expected_calibration_error(probs, torch.tensor([0, 1, 0, 1]), n_bins=10), 4)
+        0.375
+    """
+    table = reliability_diagram(probs, labels, n_bins)
+    used = table[table["count"] > 0]
+    weights = used["count"] / used["count"].sum()
+    return float((weights * (used["accuracy"] - used["confidence"]).abs()).sum())
+
+
+def auroc(scores_in, scores_out) -> float:
+    """Area under the ROC curve for telling out-of-distribution inputs (positives) from in-distribution.
+
+    A higher score should mean "more likely out of distribution" (e.g. predictive entropy). 0.5 is chance,
+    1.0 perfect separation. Computed as the Mann-Whitney statistic: the probability that a random OOD
+    input scores above a random in-distribution one, ties counting one half (equal to
+    ``sklearn.metrics.roc_auc_score``).
+    """
+    a = _as_scores(scores_in, "scores_in")
+    b = _as_scores(scores_out, "scores_out")
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError(f"need scores for both groups, got {len(a)} in-distribution and {len(b)} OOD")
+    both = np.r_[a, b]
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)  # average rank (1-based) of each distinct value, ties sharing it
+    ranks = (upper - (counts - 1) / 2.0)[inverse]
+    u = ranks[len(a) :].sum() - len(b) * (len(b) + 1) / 2.0
+    return float(u / (len(a) * len(b)))
+
+
+def _as_scores(scores, name: str) -> np.ndarray:
+    if isinstance(scores, Tensor):
+        scores = scores.detach().cpu().numpy()
+    try:
+        values = np.asarray(scores, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be numbers (tensor, array or list), got {type(scores).__name__}"
+        ) from None
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name} must be finite, found NaN or inf")
+    return values
