@@ -1,0 +1,15 @@
+"""Graders of the course's exercise notebooks: ``Grader("<exercise id>").check("<check>", candidate)``.
+
+Each exercise notebook has one grader module here that registers its checks (see ``EXERCISES``).
+"""
+
+from .core import CheckResult, Grader
+
+# exercise id (the assignment folder under exercises/source/) -> grader module in this package
+EXERCISES = {
+    "ex01_inverted_dropout": "ex01_inverted_dropout",
+    "ex02_regularize_mlp": "ex02_regularize_mlp",
+    "ex03_spatial_dropout": "ex03_spatial_dropout",
+}
+
+__all__ = ["Grader", "CheckResult", "EXERCISES"]

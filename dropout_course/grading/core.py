@@ -1,0 +1,518 @@
+"""Grader core: named checks made of properties with points, safe candidate calls, readable feedback.
+
+A *check* (e.g. ``"dropout_forward"``) is a list of :class:`Property` objects, each worth some points.
+A property is a function ``test(ctx) -> None`` that raises :class:`Fail` with a diagnosis of the likely
+mistake ("kept values are scaled by p instead of 1/(1 - p)"). Any other exception raised while a
+property runs (the learner's code crashing, a time-out, a wrong return type) also fails that property,
+with a readable reason; grading never raises and never hangs.
+
+``ctx.call(fn, *args)`` is how properties call learner code: arguments are deep-copied, the call has a
+time limit (``signal.setitimer`` in the main thread, a watchdog thread elsewhere), and torch's own
+dropout functions are spied on so that "use torch's dropout" can be diagnosed by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import json
+import os
+import random
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+RESULTS_ENV_VAR = "DROPOUT_COURSE_RESULTS"
+DEFAULT_TIME_LIMIT = 10.0
+
+__all__ = [
+    "Fail",
+    "Property",
+    "CheckSpec",
+    "CheckResult",
+    "PropertyResult",
+    "Grader",
+    "register",
+    "CheckContext",
+]
+
+
+class Fail(Exception):
+    """Raised by a property test: the message is the diagnosis shown to the learner."""
+
+
+class CandidateTimeout(BaseException):
+    """Raised inside learner code when its time limit is over (a BaseException: ``except Exception`` in
+    learner code cannot swallow it)."""
+
+
+class CandidateError(Exception):
+    """The learner's code raised: carries a short, readable description of where and what."""
+
+
+@dataclass
+class Property:
+    """One named, pointed property of a check: ``test(ctx)`` returns normally if it holds."""
+
+    name: str
+    points: float
+    test: Callable[[CheckContext], None]
+
+
+@dataclass
+class CheckSpec:
+    """A registered check: its name, its properties, and whether it is hidden from learners."""
+
+    name: str
+    properties: list[Property]
+    hidden: bool = False
+    description: str = ""
+
+    @property
+    def max_score(self) -> float:
+        return float(sum(p.points for p in self.properties))
+
+
+@dataclass
+class PropertyResult:
+    name: str
+    points: float
+    max_points: float
+    passed: bool
+    diagnosis: str = ""
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check: ``passed``, ``score``, ``max_score`` and readable ``messages``."""
+
+    exercise: str
+    name: str
+    properties: list[PropertyResult] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def score(self) -> float:
+        return float(sum(p.points for p in self.properties))
+
+    @property
+    def max_score(self) -> float:
+        return float(sum(p.max_points for p in self.properties))
+
+    @property
+    def passed(self) -> bool:
+        return not self.error and all(p.passed for p in self.properties)
+
+    @property
+    def messages(self) -> list[str]:
+        """One line per property (``PASS``/``FAIL``, points, the diagnosis on failure)."""
+        lines = [f"{self.error}"] if self.error else []
+        for p in self.properties:
+            mark = "PASS" if p.passed else "FAIL"
+            line = f"{mark} {p.name} ({_fmt(p.points)}/{_fmt(p.max_points)})"
+            if not p.passed and p.diagnosis:
+                line += f": {p.diagnosis}"
+            lines.append(line)
+        return lines
+
+    def to_dict(self) -> dict:
+        return {
+            "exercise": self.exercise,
+            "check": self.name,
+            "score": self.score,
+            "max_score": self.max_score,
+            "passed": self.passed,
+            "error": self.error,
+            "messages": self.messages,
+        }
+
+    def __str__(self) -> str:
+        head = f"{self.name}: {_fmt(self.score)}/{_fmt(self.max_score)} points"
+        head += " - all properties hold" if self.passed else ""
+        marks = {True: "[x]", False: "[ ]"}
+        body = []
+        if self.error:
+            body.append(f"  !! {self.error}")
+        for p in self.properties:
+            body.append(f"  {marks[p.passed]} {p.name} ({_fmt(p.points)}/{_fmt(p.max_points)})")
+            if not p.passed and p.diagnosis:
+                body.append(f"      -> {p.diagnosis}")
+        return "\n".join([head, *body])
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        color = "#2e7d32" if self.passed else "#c62828"
+        rows = []
+        if self.error:
+            rows.append(f"<div style='color:#c62828'>{html.escape(self.error)}</div>")
+        for p in self.properties:
+            mark = "&#10004;" if p.passed else "&#10008;"
+            c = "#2e7d32" if p.passed else "#c62828"
+            diag = ""
+            if not p.passed and p.diagnosis:
+                diag = f"<div style='margin-left:1.6em;color:#555'>{html.escape(p.diagnosis)}</div>"
+            rows.append(
+                f"<div><span style='color:{c};font-weight:bold'>{mark}</span> {html.escape(p.name)} "
+                f"<span style='color:#777'>({_fmt(p.points)}/{_fmt(p.max_points)})</span></div>{diag}"
+            )
+        return (
+            f"<div style='border-left:4px solid {color};padding:4px 10px;font-family:sans-serif'>"
+            f"<div style='font-weight:bold;color:{color}'>{html.escape(self.name)}: "
+            f"{_fmt(self.score)}/{_fmt(self.max_score)} points</div>{''.join(rows)}</div>"
+        )
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+# --------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, dict[str, CheckSpec]] = {}
+
+
+def register(exercise: str, spec: CheckSpec) -> CheckSpec:
+    """Register ``spec`` as a check of ``exercise`` (called by the per-exercise grader modules)."""
+    _REGISTRY.setdefault(exercise, {})[spec.name] = spec
+    return spec
+
+
+def _load_exercise(exercise: str) -> dict[str, CheckSpec]:
+    from . import EXERCISES
+
+    if exercise not in EXERCISES:
+        raise ValueError(f"unknown exercise {exercise!r}; known exercises: {', '.join(sorted(EXERCISES))}")
+    import importlib
+
+    importlib.import_module(f"{__package__}.{EXERCISES[exercise]}")
+    return _REGISTRY[exercise]
+
+
+# --------------------------------------------------------------------------- safe calls
+
+
+_TORCH_DROPOUT_NAMES = (
+    "dropout",
+    "dropout_",
+    "feature_dropout",
+    "feature_dropout_",
+    "alpha_dropout",
+    "alpha_dropout_",
+    "feature_alpha_dropout",
+    "feature_alpha_dropout_",
+    "native_dropout",
+)
+_FUNCTIONAL_NAMES = (
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+)
+
+
+@contextmanager
+def spy_torch_dropout(calls: list[str]):
+    """Patch torch's own dropout entry points so that any call during the block is recorded in ``calls``.
+
+    Covers ``torch.nn.functional.dropout*`` (also when imported under another name: the internal
+    ``torch._VF`` functions are patched too), ``torch.dropout`` and friends, and ``nn.Dropout*`` modules.
+    The wrapped functions still work, so the learner's code runs normally.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    patched: list[tuple[object, str, object, bool]] = []
+
+    def wrap(owner, name: str, label: str) -> None:
+        original = getattr(owner, name, None)
+        if original is None:
+            return
+        had = name in getattr(owner, "__dict__", {})
+
+        def spy(*args, **kwargs):
+            calls.append(label)
+            return original(*args, **kwargs)
+
+        try:
+            setattr(owner, name, spy)
+        except (AttributeError, TypeError):
+            return
+        patched.append((owner, name, original, had))
+
+    for name in _FUNCTIONAL_NAMES:
+        wrap(F, name, f"torch.nn.functional.{name}")
+    for name in _TORCH_DROPOUT_NAMES:
+        wrap(torch, name, f"torch.{name}")
+        wrap(torch._VF, name, "torch.nn.functional.dropout")
+    for cls in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout"):
+        module_cls = getattr(torch.nn, cls, None)
+        if module_cls is not None:
+            wrap(module_cls, "forward", f"torch.nn.{cls}")
+    try:
+        yield calls
+    finally:
+        for owner, name, original, had in reversed(patched):
+            if had:
+                setattr(owner, name, original)
+            else:
+                try:
+                    delattr(owner, name)
+                except AttributeError:
+                    setattr(owner, name, original)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def run_with_time_limit(fn: Callable, seconds: float):
+    """Run ``fn()``; raise :class:`CandidateTimeout` if it takes longer than ``seconds``.
+
+    In the main thread (a Jupyter kernel, pytest) a ``SIGALRM`` timer interrupts even ``while True: pass``;
+    elsewhere the call runs in a daemon thread that is abandoned on time-out.
+    """
+    if hasattr(signal, "setitimer") and _in_main_thread():
+
+        def on_alarm(signum, frame):
+            raise CandidateTimeout()
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            return fn()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise CandidateTimeout()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _describe_exception(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    for frame in reversed(frames):
+        if "dropout_course/grading" not in frame.filename.replace(os.sep, "/"):
+            where = f" (line {frame.lineno} in {frame.name})"
+            break
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}{': ' + text if text else ''}{where}"
+
+
+@contextmanager
+def preserved_global_rngs(seed: int):
+    """Seed torch/NumPy/Python global RNGs for the block and restore the learner's RNG states after."""
+    import torch
+
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+class CheckContext:
+    """What a property test gets: the candidate, extra context, a safe ``call`` and a shared cache."""
+
+    def __init__(self, candidate, time_limit: float, seed: int, extra: dict) -> None:
+        self.candidate = candidate
+        self.time_limit = time_limit
+        self.seed = seed
+        self.extra = extra
+        self.cache: dict = {}
+        self.torch_dropout_calls: list[str] = []
+        self.timed_out = ""
+
+    def call(self, fn, *args, copy_args: bool = True, **kwargs):
+        """Call learner code safely: deep-copied arguments, time limit, spying on torch's dropout.
+
+        Raises :class:`Fail` with a readable reason if the code raises or runs past the time limit.
+        """
+        if copy_args:
+            args = copy.deepcopy(args)
+            kwargs = copy.deepcopy(kwargs)
+        name = getattr(fn, "__name__", type(fn).__name__)
+        if self.timed_out:  # one time-out per check is enough: do not wait again for every property
+            raise Fail(self.timed_out)
+        try:
+            with spy_torch_dropout(self.torch_dropout_calls):
+                return run_with_time_limit(lambda: fn(*args, **kwargs), self.time_limit)
+        except CandidateTimeout:
+            self.timed_out = (
+                f"`{name}` did not finish within {self.time_limit:g} s (an endless loop, or far too slow)"
+            )
+            raise Fail(self.timed_out) from None
+        except NotImplementedError:
+            raise Fail(f"`{name}` is not implemented yet (it raises NotImplementedError)") from None
+        except Fail:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the learner's error becomes the diagnosis
+            raise Fail(f"`{name}` raised {_describe_exception(exc)}") from None
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt from learner code
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise Fail(f"`{name}` raised {_describe_exception(exc)}") from None
+
+    def memo(self, key, compute: Callable):
+        """Compute ``compute()`` once per check (a failure is remembered and re-raised too)."""
+        if key not in self.cache:
+            try:
+                self.cache[key] = ("ok", compute())
+            except Fail as exc:
+                self.cache[key] = ("fail", str(exc))
+        status, value = self.cache[key]
+        if status == "fail":
+            raise Fail(value)
+        return value
+
+
+# --------------------------------------------------------------------------- the grader
+
+
+class Summary:
+    """A table of every check of an exercise: score, max and status (HTML in notebooks, text elsewhere)."""
+
+    def __init__(self, grader: Grader) -> None:
+        self.grader = grader
+
+    def rows(self) -> list[tuple[str, str, float, float]]:
+        rows = []
+        for spec in self.grader.specs.values():
+            result = self.grader.results.get(spec.name)
+            if result is None:
+                status = "hidden: run by the autograder" if spec.hidden else "not run yet"
+                rows.append((spec.name, status, 0.0, spec.max_score))
+            else:
+                status = "passed" if result.passed else "failed"
+                rows.append((spec.name, status, result.score, result.max_score))
+        return rows
+
+    def __str__(self) -> str:
+        lines = [f"{self.grader.exercise}: {_fmt(self.grader.total)}/{_fmt(self.grader.max_total)} points"]
+        width = max([len(r[0]) for r in self.rows()] + [5])
+        for name, status, score, max_score in self.rows():
+            lines.append(f"  {name:<{width}}  {_fmt(score):>5}/{_fmt(max_score):<5} {status}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        body = "".join(
+            f"<tr><td>{html.escape(n)}</td><td style='text-align:right'>{_fmt(s)}/{_fmt(m)}</td>"
+            f"<td>{html.escape(st)}</td></tr>"
+            for n, st, s, m in self.rows()
+        )
+        return (
+            f"<div><b>{html.escape(self.grader.exercise)}: {_fmt(self.grader.total)}/"
+            f"{_fmt(self.grader.max_total)} points</b><table><tr><th>check</th><th>points</th>"
+            f"<th>status</th></tr>{body}</table></div>"
+        )
+
+
+class Grader:
+    """Grades the checks of one exercise notebook: ``Grader("ex01_inverted_dropout").check(name, fn)``.
+
+    Args:
+        exercise: the exercise id (the notebook's assignment folder name).
+        time_limit: seconds each call of learner code may take before it counts as hanging.
+        seed: base seed of the statistical tests (the learner's global RNG states are restored after).
+    """
+
+    def __init__(self, exercise: str, time_limit: float = DEFAULT_TIME_LIMIT, seed: int = 1234) -> None:
+        self.exercise = exercise
+        self.specs = _load_exercise(exercise)
+        self.time_limit = float(time_limit)
+        self.seed = int(seed)
+        self.results: dict[str, CheckResult] = {}
+
+    @property
+    def total(self) -> float:
+        """Points scored so far (the latest result of each check)."""
+        return float(sum(r.score for r in self.results.values()))
+
+    @property
+    def max_total(self) -> float:
+        """Points available in the whole exercise, hidden checks included."""
+        return float(sum(s.max_score for s in self.specs.values()))
+
+    def check(self, name: str, candidate=None, **extra) -> CheckResult:
+        """Run check ``name`` on the learner's ``candidate`` (a function or class); never raises."""
+        spec = self.specs.get(name)
+        if spec is None:
+            result = CheckResult(
+                self.exercise,
+                name,
+                error=f"no check named {name!r} in {self.exercise}; checks: {', '.join(self.specs)}",
+            )
+            return result
+        result = CheckResult(self.exercise, name)
+        ctx = CheckContext(candidate, self.time_limit, self.seed, extra)
+        for prop in spec.properties:
+            passed, diagnosis = False, ""
+            try:
+                with preserved_global_rngs(self.seed):
+                    prop.test(ctx)
+                passed = True
+            except Fail as exc:
+                diagnosis = str(exc)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a grader bug must not crash the learner's kernel
+                diagnosis = f"could not be checked: {_describe_exception(exc)}"
+            result.properties.append(
+                PropertyResult(prop.name, prop.points if passed else 0.0, prop.points, passed, diagnosis)
+            )
+        self.results[name] = result
+        _record(result)
+        return result
+
+    def assert_passed(self, *names: str) -> None:
+        """Raise ``AssertionError`` unless every named check ran and passed (for nbgrader test cells)."""
+        for name in names:
+            result = self.results.get(name)
+            if result is None or not result.passed:
+                detail = "\n".join(result.messages) if result else "not run"
+                raise AssertionError(f"check {name!r} did not pass:\n{detail}")
+
+    def summary(self) -> Summary:
+        """A table of every check of this exercise so far."""
+        return Summary(self)
+
+
+def _record(result: CheckResult) -> None:
+    """Append the result to $DROPOUT_COURSE_RESULTS (JSON lines) when the autograder set it."""
+    path = os.environ.get(RESULTS_ENV_VAR)
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(result.to_dict()) + "\n")
+    except OSError:
+        pass
