@@ -177,7 +177,9 @@ def _images(images) -> np.ndarray:
     elif arr.ndim == 2 and arr.shape[1] == 784:  # flattened MNIST (K, 784)
         arr = arr.reshape(-1, 28, 28)
     if arr.ndim != 3 or len(arr) == 0:
-        raise ValueError(f"images must have shape (K, 28, 28) (or (K, 784)), got shape {np.shape(images)}")
+        raise ValueError(
+            f"images must have shape (K, 28, 28) (or (K, 784)), got shape {tuple(np.shape(images))}"
+        )
     if len(arr) > 16:
         raise ValueError(f"images holds {len(arr)} images; pass at most 16 (e.g. images[:8])")
     if arr.min() < 0 or arr.max() > 1:
