@@ -1,4 +1,4 @@
-"""The ``dropout-course`` command line: ``doctor`` (and the instructor commands, see ``--help``)."""
+"""The ``dropout-course`` command line: ``doctor``, and the instructor commands ``release`` and ``grade``."""
 
 from __future__ import annotations
 
@@ -125,13 +125,93 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropout-course", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="check versions, threads, device and the offline data sets")
+    rel = sub.add_parser(
+        "release",
+        help="write the learner notebooks exercises/release/ from exercises/source/",
+        description="Write exercises/release/ from exercises/source/: solutions become `raise "
+        "NotImplementedError()`, hidden tests are removed, outputs cleared. Only missing or unmodified "
+        "generated files are written; a release notebook with edits or outputs is never overwritten "
+        "without --force.",
+    )
+    rel.add_argument("--check", action="store_true", help="write nothing; exit 1 listing what is out of date")
+    rel.add_argument("--force", action="store_true", help="also overwrite release notebooks that were edited")
+    rel.add_argument("--source", default=None, help="source folder (default: exercises/source)")
+    rel.add_argument("--release-dir", default=None, help="release folder (default: exercises/release)")
+    grade = sub.add_parser(
+        "grade",
+        help="autograde submitted notebooks into a gradebook CSV",
+        description="Run each submission in a fresh kernel with the visible and hidden checks; write one "
+        "CSV row per submission. Submissions are never modified.",
+    )
+    grade.add_argument("submissions", nargs="+", help="submitted .ipynb files")
+    grade.add_argument("--out", required=True, help="gradebook CSV to write")
+    grade.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel (default 1)")
+    grade.add_argument(
+        "--timeout", type=float, default=120, help="seconds any one cell may run (default 120)"
+    )
+    grade.add_argument("--source", default=None, help="source folder (default: exercises/source)")
     return parser
+
+
+def release_command(args, out=None) -> int:
+    """``dropout-course release [--check] [--force]``; returns the exit code."""
+    from pathlib import Path
+
+    from .grading.release import release, repo_root
+
+    out = out or sys.stdout
+    report = release(
+        Path(args.source) if args.source else None,
+        Path(args.release_dir) if args.release_dir else None,
+        check=args.check,
+        force=args.force,
+    )
+    for line in report.lines(repo_root()):
+        print(line, file=out)
+    if args.check and report.out_of_date:
+        print(
+            f"{len(report.out_of_date)} release notebook(s) out of date: run `dropout-course release`",
+            file=out,
+        )
+        return 1
+    if report.refused:
+        print(f"{len(report.refused)} file(s) left untouched (edited); nothing was lost", file=out)
+        return 1
+    return 0
+
+
+def grade_command(args, out=None) -> int:
+    """``dropout-course grade SUBMISSIONS... --out grades.csv``; returns the exit code."""
+    from pathlib import Path
+
+    from .grading.autograde import grade, write_csv
+
+    out = out or sys.stdout
+    if args.jobs < 1 or args.timeout <= 0:
+        print("--jobs must be >= 1 and --timeout > 0", file=out)
+        return 2
+    rows = grade(
+        args.submissions,
+        jobs=args.jobs,
+        timeout=args.timeout,
+        source_dir=Path(args.source) if args.source else None,
+    )
+    write_csv(rows, args.out)
+    for row in rows:
+        note = f"  ({row['error']})" if row.get("error") else ""
+        print(f"{row['submission']}: {row['total']:g}/{row['max_total']:g} {row['status']}{note}", file=out)
+    print(f"wrote {args.out} ({len(rows)} row(s))", file=out)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "doctor":
         return doctor()
+    if args.command == "release":
+        return release_command(args)
+    if args.command == "grade":
+        return grade_command(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects unknown commands
 
 

@@ -1,0 +1,449 @@
+"""The ex01 grader against a catalogue of realistic wrong implementations and several correct ones.
+
+Every wrong implementation must fail with its specific diagnosis (the message text is pinned); every
+correct one, whatever its RNG calls, must get full marks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dropout_course.grading import Grader
+from dropout_course.grading.core import CheckResult
+
+EX = "ex01_inverted_dropout"
+
+
+@pytest.fixture(scope="module")
+def grader():
+    return Grader(EX, time_limit=1.5)
+
+
+def _fails_with(result: CheckResult, *fragments: str) -> None:
+    text = "\n".join(result.messages)
+    assert not result.passed, text
+    assert result.score < result.max_score
+    for fragment in fragments:
+        assert fragment in text, f"expected {fragment!r} in:\n{text}"
+
+
+# --------------------------------------------------------------------------- correct dropout_forward
+
+
+def ok_rand(x, p, training=True):
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return torch.zeros_like(x)
+    return x * (torch.rand_like(x) >= p).to(x.dtype) / (1 - p)
+
+
+def ok_bernoulli(x, p, training=True):
+    if not training:
+        return x.clone()
+    if p == 1:
+        return x * 0
+    mask = torch.bernoulli(torch.full_like(x, 1 - p))
+    return mask * x / (1 - p)
+
+
+def ok_numpy(x, p, training=True):
+    if not training:
+        return x
+    keep = np.random.rand(*x.shape) < 1 - p
+    scale = 0.0 if p == 1 else 1 / (1 - p)
+    return x * torch.from_numpy(keep).to(x.dtype) * scale
+
+
+def ok_where_other_rng_order(x, p, training=True):
+    torch.rand(3)  # an extra RNG call first: graders must not depend on the call order
+    if not training:
+        return x
+    u = torch.rand(x.shape, dtype=x.dtype).flip(0)
+    return torch.where(u > p, x / max(1 - p, 1e-12), torch.zeros_like(x))
+
+
+def ok_empty_bernoulli_(x, p, training=True):
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return torch.zeros_like(x)
+    return x * x.new_empty(x.shape).bernoulli_(1 - p).div_(1 - p)
+
+
+@pytest.mark.parametrize("fn", [ok_rand, ok_bernoulli, ok_numpy, ok_where_other_rng_order, ok_empty_bernoulli_])
+def test_correct_dropout_forward_gets_full_marks(grader, fn):
+    result = grader.check("dropout_forward", fn)
+    assert result.passed and result.score == result.max_score, "\n".join(result.messages)
+    hidden = grader.check("dropout_forward_hidden", fn)
+    assert hidden.passed, "\n".join(hidden.messages)
+
+
+def test_reference_layers_pass(grader):
+    from dropout_course.layers import Dropout, dropout, dropout_backward_numpy, dropout_forward_numpy
+
+    assert grader.check("dropout_forward", dropout).passed
+    assert grader.check("Dropout", Dropout).passed
+    assert grader.check("dropout_forward_numpy", dropout_forward_numpy).passed
+    assert grader.check("dropout_backward_numpy", dropout_backward_numpy, forward=dropout_forward_numpy).passed
+
+
+# --------------------------------------------------------------------------- wrong dropout_forward
+
+
+def no_rescale(x, p, training=True):
+    return x * (torch.rand_like(x) >= p) if training else x
+
+
+def scale_by_p(x, p, training=True):
+    return x * (torch.rand_like(x) >= p) * p if training else x
+
+
+def keep_prob(x, p, training=True):
+    return x * (torch.rand_like(x) < p) / p if training else x
+
+
+def shared_mask(x, p, training=True):
+    if not training:
+        return x
+    mask = (torch.rand(x.shape[1:]) >= p).to(x.dtype)
+    return x * mask / (1 - p)
+
+
+def whole_rows(x, p, training=True):
+    if not training:
+        return x
+    mask = (torch.rand(x.shape[0], *([1] * (x.dim() - 1))) >= p).to(x.dtype)
+    return x * mask / (1 - p)
+
+
+def ignores_training(x, p, training=True):
+    return x * (torch.rand_like(x) >= p) / (1 - p)
+
+
+def eval_scales(x, p, training=True):
+    return x * (torch.rand_like(x) >= p) / (1 - p) if training else x * (1 - p)
+
+
+def in_place(x, p, training=True):
+    if not training:
+        return x
+    x *= (torch.rand_like(x) >= p) / (1 - p)
+    return x
+
+
+def reseeds(x, p, training=True):
+    torch.manual_seed(0)
+    return x * (torch.rand_like(x) >= p) / (1 - p) if training else x
+
+
+_CACHED = {}
+
+
+def cached_mask(x, p, training=True):
+    if not training:
+        return x
+    key = (tuple(x.shape), p)
+    if key not in _CACHED:
+        _CACHED[key] = (torch.rand_like(x) >= p).to(x.dtype) / (1 - p) if p < 1 else torch.zeros_like(x)
+    return x * _CACHED[key]
+
+
+def nan_at_one(x, p, training=True):
+    return x * (torch.rand_like(x) >= p) / (1 - p) if training else x
+
+
+def float32_mask(x, p, training=True):
+    if not training:
+        return x
+    if p == 1:
+        return torch.zeros_like(x)
+    return (x * ((torch.rand(x.shape) >= p).float() / (1 - p))).float()
+
+
+def uses_f_dropout(x, p, training=True):
+    return F.dropout(x, p, training)
+
+
+def uses_module(x, p, training=True):
+    layer = nn.Dropout(p)
+    layer.train(training)
+    return layer(x)
+
+
+def uses_torch_dropout(x, p, training=True):
+    return torch.dropout(x, p, training)
+
+
+from torch.nn.functional import dropout as aliased  # noqa: E402 - imported under another name on purpose
+
+
+def uses_alias(x, p, training=True):
+    return aliased(x, p=p, training=training)
+
+
+def returns_numpy(x, p, training=True):
+    return (x * (torch.rand_like(x) >= p) / (1 - p)).numpy()
+
+
+def returns_nothing(x, p, training=True):
+    x * (torch.rand_like(x) >= p) / (1 - p)
+
+
+def crashes(x, p, training=True):
+    return x * mask  # noqa: F821 - NameError on purpose
+
+
+def endless(x, p, training=True):
+    while True:
+        pass
+
+
+def swallows_everything(x, p, training=True):
+    while True:
+        try:
+            while True:
+                pass
+        except Exception:
+            pass
+
+
+def detached(x, p, training=True):
+    if not training:
+        return x
+    mask = np.random.rand(*x.shape) >= p
+    return torch.from_numpy(x.detach().numpy() * mask / (1 - p)).to(x.dtype)
+
+
+def raises_not_implemented(x, p, training=True):
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+WRONG = {
+    no_rescale: ["kept values are not rescaled"],
+    scale_by_p: ["scaled by p instead of 1/(1-p)"],
+    keep_prob: ["`p` is read as the keep probability", "scaled by 1/p instead of 1/(1-p)"],
+    shared_mask: ["one mask is shared by the whole batch"],
+    whole_rows: ["whole samples are dropped"],
+    ignores_training: ["dropout is still applied in eval mode (training=False)"],
+    eval_scales: ["scaled by (1-p) in eval mode (training=False)", "non-inverted"],
+    in_place: ["was modified in place"],
+    reseeds: ["the same mask on every call"],
+    cached_mask: ["the same mask on every call"],
+    nan_at_one: ["p=1 gives NaN"],
+    float32_mask: ["wrong dtype: a float64 input gives a torch.float32 output"],
+    uses_f_dropout: ["calls torch's own dropout (torch.nn.functional.dropout)"],
+    uses_module: ["calls torch's own dropout", "torch.nn.Dropout"],
+    uses_torch_dropout: ["calls torch's own dropout (torch.dropout)"],
+    uses_alias: ["calls torch's own dropout (torch.nn.functional.dropout)"],
+    returns_numpy: ["returns a NumPy array"],
+    returns_nothing: ["returns None: did you forget the `return` statement?"],
+    crashes: ["raised NameError: name 'mask' is not defined (line"],
+    endless: ["did not finish within 1.5 s"],
+    swallows_everything: ["did not finish within 1.5 s"],
+    detached: ["detached from autograd"],
+    raises_not_implemented: ["is not implemented yet"],
+}
+
+
+@pytest.mark.parametrize("fn", list(WRONG), ids=[f.__name__ for f in WRONG])
+def test_wrong_dropout_forward_is_diagnosed(grader, fn):
+    _fails_with(grader.check("dropout_forward", fn), *WRONG[fn])
+
+
+def test_grading_leaves_learner_state_alone(grader):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    np.random.seed(5)
+    np_expected = np.random.rand(2)
+    np.random.seed(5)
+    grader.check("dropout_forward", ok_numpy)
+    assert torch.equal(torch.rand(3), expected), "the learner's torch RNG stream was changed by grading"
+    assert np.array_equal(np.random.rand(2), np_expected)
+    assert F.dropout is not None and F.dropout.__name__ == "dropout"
+    assert torch._VF.dropout.__name__ == "dropout" and nn.Dropout.forward.__name__ == "forward"
+
+
+def test_results_render_as_text_and_html(grader):
+    result = grader.check("dropout_forward", scale_by_p)
+    text, html = str(result), result._repr_html_()
+    assert "dropout_forward:" in text and "[ ]" in text and "[x]" in text and "-> " in text
+    assert "&#10008;" in html and "scaled by p instead" in html
+    assert any(m.startswith("FAIL scales the kept elements") for m in result.messages)
+    summary = grader.summary()
+    assert "dropout_forward" in str(summary) and "<table>" in summary._repr_html_()
+
+
+def test_unknown_check_and_exercise():
+    g = Grader(EX)
+    assert "no check named" in g.check("nope", ok_rand).error
+    with pytest.raises(ValueError, match="unknown exercise"):
+        Grader("ex99_nothing")
+
+
+# --------------------------------------------------------------------------- Dropout module
+
+
+def make_module(forward_fn=ok_rand, check_p=True, own_flag=False):
+    class Candidate(nn.Module):
+        def __init__(self, p=0.5):
+            super().__init__()
+            if check_p and not 0 <= p <= 1:
+                raise ValueError(f"p must be in [0, 1], got {p}")
+            self.p = p
+            self.flag = True
+
+        def forward(self, x):
+            return forward_fn(x, self.p, self.flag if own_flag else self.training)
+
+    return Candidate
+
+
+class WrapsTorch(nn.Module):
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(p)
+        self.inner = nn.Dropout(p)
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class NotAModule:
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, x):
+        return x
+
+
+@pytest.mark.parametrize("fwd", [ok_rand, ok_bernoulli, ok_numpy])
+def test_correct_modules_pass(grader, fwd):
+    result = grader.check("Dropout", make_module(fwd))
+    assert result.passed, "\n".join(result.messages)
+
+
+@pytest.mark.parametrize(
+    "cls, fragments",
+    [
+        (make_module(check_p=False), ["`Candidate(-0.1)` is accepted", "raise ValueError"]),
+        (make_module(own_flag=True), ["dropout is still applied in eval mode"]),
+        (make_module(no_rescale), ["kept values are not rescaled"]),
+        (WrapsTorch, ["wraps torch's Dropout", "calls torch's own dropout"]),
+        (NotAModule, ["expected a class derived from torch.nn.Module"]),
+    ],
+    ids=["no-p-check", "own-flag", "no-rescale", "wraps-torch", "not-module"],
+)
+def test_wrong_modules_are_diagnosed(grader, cls, fragments):
+    _fails_with(grader.check("Dropout", cls), *fragments)
+
+
+# --------------------------------------------------------------------------- NumPy pair
+
+
+def np_ok_rng_order(x, p, mode="train", rng=None):
+    if mode == "test":
+        return x, {"mask": None, "mode": mode}
+    u = rng.uniform(size=x.shape[::-1]).T  # a different draw order than the reference
+    mask = (u < 1 - p) / (1 - p) if p < 1 else np.zeros_like(x)
+    return x * mask, {"mask": mask, "mode": mode}
+
+
+def np_ok_binomial(x, p, mode="train", rng=None):
+    if mode == "test":
+        return x.copy(), (None, mode)
+    mask = rng.binomial(1, 1 - p, size=x.shape) * (0.0 if p == 1 else 1 / (1 - p))
+    return x * mask, (mask, mode)
+
+
+def np_ok_backward_rng_order(dout, cache):
+    mask, mode = (cache["mask"], cache["mode"]) if isinstance(cache, dict) else cache
+    return dout if mode == "test" else dout * mask
+
+
+def np_global_rng(x, p, mode="train", rng=None):
+    if mode == "test":
+        return x, {}
+    mask = (np.random.rand(*x.shape) >= p) / (1 - p) if p < 1 else np.zeros_like(x)
+    return x * mask, {"mask": mask}
+
+
+def np_no_scale(x, p, mode="train", rng=None):
+    if mode == "test":
+        return x, {}
+    mask = rng.random(x.shape) >= p
+    return x * mask, {"mask": mask}
+
+
+def np_only_out(x, p, mode="train", rng=None):
+    return x * (rng.random(x.shape) >= p) / (1 - p)
+
+
+def np_test_scales(x, p, mode="train", rng=None):
+    if mode == "test":
+        return x * (1 - p), {}
+    mask = (rng.random(x.shape) >= p) / (1 - p) if p < 1 else np.zeros_like(x)
+    return x * mask, {"mask": mask}
+
+
+@pytest.mark.parametrize("fn", [np_ok_rng_order, np_ok_binomial])
+def test_correct_numpy_forward_passes(grader, fn):
+    result = grader.check("dropout_forward_numpy", fn)
+    assert result.passed, "\n".join(result.messages)
+    back = grader.check("dropout_backward_numpy", np_ok_backward_rng_order, forward=fn)
+    assert back.passed, "\n".join(back.messages)
+
+
+@pytest.mark.parametrize(
+    "fn, fragments",
+    [
+        (np_global_rng, ["draw the mask from the `rng` argument"]),
+        (np_no_scale, ["kept values are not rescaled"]),
+        (np_only_out, ["should return a pair (out, cache)"]),
+        (np_test_scales, ["scaled by (1-p) in test mode"]),
+    ],
+    ids=["global-rng", "no-scale", "no-cache", "test-scales"],
+)
+def test_wrong_numpy_forward_is_diagnosed(grader, fn, fragments):
+    _fails_with(grader.check("dropout_forward_numpy", fn), *fragments)
+
+
+def bw_ignores_mask(dout, cache):
+    return dout
+
+
+def bw_forgets_scale(dout, cache):
+    mask = cache["mask"]
+    return dout if mask is None else dout * (mask != 0)
+
+
+def bw_returns_none(dout, cache):
+    dout * cache["mask"]
+
+
+@pytest.mark.parametrize(
+    "fn, fragments",
+    [
+        (bw_ignores_mask, ["backward ignores the mask"]),
+        (bw_forgets_scale, ["backward forgets the 1/(1-p) scale"]),
+        (bw_returns_none, ["returns None"]),
+    ],
+    ids=["ignores-mask", "forgets-scale", "none"],
+)
+def test_wrong_numpy_backward_is_diagnosed(grader, fn, fragments):
+    from dropout_course.layers import dropout_forward_numpy
+
+    _fails_with(grader.check("dropout_backward_numpy", fn, forward=dropout_forward_numpy), *fragments)
+
+
+def test_backward_without_forward_explains(grader):
+    from dropout_course.layers import dropout_backward_numpy
+
+    _fails_with(grader.check("dropout_backward_numpy", dropout_backward_numpy), "pass your forward pass too")
