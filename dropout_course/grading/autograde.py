@@ -159,12 +159,7 @@ def grade_one(path: str | Path, timeout: float = DEFAULT_TIMEOUT, source_dir: Pa
         row["error"] = "cannot tell which exercise this is (no release metadata, no known grade ids)"
         return row
     row["exercise"] = exercise
-    from .core import _load_exercise
-
-    specs = _load_exercise(exercise)
-    row["max_total"] = sum(s.max_score for s in specs.values())
-    for name in specs:
-        row[name] = 0.0
+    row["scores"] = {}
     graded, notes = build_graded_notebook(nb, sources[exercise])
     problems = list(notes)
     with tempfile.TemporaryDirectory(prefix="dropout-course-grade-") as tmp:
@@ -199,11 +194,28 @@ def grade_one(path: str | Path, timeout: float = DEFAULT_TIMEOUT, source_dir: Pa
                     result = json.loads(line)
                 except ValueError:
                     continue
-                if result.get("exercise") == exercise and result.get("check") in specs:
-                    row[result["check"]] = float(result["score"])  # the latest run of a check counts
-    row["total"] = sum(row[name] for name in specs)
+                if result.get("exercise") == exercise and isinstance(result.get("check"), str):
+                    row["scores"][result["check"]] = float(result["score"])  # the latest run counts
     row["status"] = "graded" if not problems else "graded with errors"
     row["error"] = "; ".join(problems)
+    return row
+
+
+def _complete(row: dict) -> dict:
+    """Add ``max_total``, one column per check of the exercise (0 if it never ran) and ``total``.
+
+    Done in the parent process (which imports the graders once), so workers stay light.
+    """
+    scores = row.pop("scores", {}) or {}
+    if not row.get("exercise"):
+        return row
+    from .core import _load_exercise
+
+    specs = _load_exercise(row["exercise"])
+    row["max_total"] = float(sum(s.max_score for s in specs.values()))
+    for name, spec in specs.items():
+        row[name] = min(float(scores.get(name, 0.0)), spec.max_score)
+    row["total"] = float(sum(row[name] for name in specs))
     return row
 
 
@@ -237,7 +249,8 @@ def grade(
     """Grade every submission (``jobs`` at a time, each in its own process); rows in the input order."""
     paths = [Path(s) for s in submissions]
     with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
-        return list(pool.map(lambda p: _worker_row(p, timeout, source_dir), paths))
+        rows = list(pool.map(lambda p: _worker_row(p, timeout, source_dir), paths))
+    return [_complete(row) for row in rows]
 
 
 def write_csv(rows: list[dict], out: str | Path) -> list[str]:

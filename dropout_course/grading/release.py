@@ -131,9 +131,9 @@ def release_notebook(nb, exercise: str, source_name: str = "") -> nbformat.Noteb
 def is_pristine(path: Path) -> bool:
     """True if ``path`` is a release notebook exactly as ``release`` wrote it (no edits, no outputs)."""
     try:
-        nb = json.loads(Path(path).read_text(encoding="utf-8"))
+        nb = nbformat.reads(Path(path).read_text(encoding="utf-8"), as_version=4)
         recorded = nb["metadata"][META_KEY]["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except Exception:  # noqa: BLE001 - unreadable or foreign: not ours to overwrite
         return False
     return recorded == fingerprint(nb)
 
