@@ -93,7 +93,6 @@ class Explorer(widgets.VBox):
         """Redraw the figure and the summary line from the current control values."""
         fig, summary = self._draw(self)
         self.figure, self.png = fig, _png(fig)
-        self.summary.value = f"<code>{html.escape(summary)}</code>"
         self.output.outputs = (
             {
                 "output_type": "display_data",
@@ -101,6 +100,7 @@ class Explorer(widgets.VBox):
                 "metadata": {},
             },
         )
+        self.summary.value = f"<code>{html.escape(summary)}</code>"  # after the figure: a sign it is there
 
     def _repr_mimebundle_(self, **kwargs):
         data = super()._repr_mimebundle_(**kwargs) or {}
