@@ -48,7 +48,7 @@ _DROPPED_RGBA = (0.85, 0.1, 0.1, 0.85)  # dropped units are painted red in every
 
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
@@ -192,30 +192,64 @@ def _images(images) -> np.ndarray:
 # --------------------------------------------------------------------------- mask explorer
 
 
+def _rgb(values, lo: float, hi: float, dropped, cmap: str = "gray", gap: int = 0) -> np.ndarray:
+    """RGB image of ``values`` on the colour scale [lo, hi] with ``dropped`` cells painted red.
+
+    With ``gap``, ``values`` is a stack (K, H, W) laid side by side with ``gap`` white columns between.
+    """
+    from matplotlib import colormaps
+
+    scaled = np.clip((values - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    rgb = colormaps[cmap](scaled)[..., :3]
+    rgb[dropped] = _DROPPED_RGBA[:3]
+    if gap:
+        k, h, w = values.shape
+        sheet = np.ones((h, k * (w + gap) - gap, 3))
+        for j in range(k):
+            sheet[:, j * (w + gap) : j * (w + gap) + w] = rgb[j]
+        rgb = sheet
+    return rgb
+
+
 def _draw_masks(images, acts, p: float, u_img, u_act) -> tuple[Figure, str, dict]:
-    """Figure of images and activations under the keep masks ``u >= p``, scaled by 1/(1-p)."""
+    """Figure of images and activations under the keep masks ``u >= p``, scaled by 1/(1-p).
+
+    One RGB picture per row (a few axes, not one per digit) keeps a redraw fast.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
     keep_img = u_img >= p  # P(keep) = 1 - p; the same u for every p, so raising p only drops more units
     shown = images * keep_img * scale
     k = len(images)
-    rows = 2 + (acts is not None)
-    fig = Figure(figsize=(max(1.15 * k, 6.0), 1.25 * 2 + (2.4 if acts is not None else 0.0) + 0.6))
-    grid = fig.add_gridspec(rows, k, height_ratios=[1, 1] + ([1.9] if acts is not None else []))
-    top = max(scale, 1.0)
+    top = max(scale, 1.0)  # one colour scale for both rows: kept pixels get brighter as p grows
     dropped_img = (~keep_img) & (images > 0)
-    for j in range(k):
-        for r, panel in enumerate((images[j], shown[j])):
-            ax = fig.add_subplot(grid[r, j])
-            im = ax.imshow(panel, cmap="gray", vmin=0.0, vmax=top)
-            if r == 1:
-                overlay = np.zeros((*panel.shape, 4))
-                overlay[dropped_img[j]] = _DROPPED_RGBA
-                ax.imshow(overlay)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel("input x" if r == 0 else "x·m/(1-p)", fontsize=8)
-    fig.colorbar(im, ax=fig.axes, shrink=0.6, pad=0.01, label="pixel value")
+    fig = Figure(figsize=(max(1.0 * k, 6.0) + 1.0, 2.6 + (2.6 if acts is not None else 0.0)))
+    rows = 3 if acts is not None else 2
+    grid = fig.add_gridspec(
+        rows,
+        3,
+        height_ratios=[1, 1, 2.2][:rows],
+        width_ratios=[1, 1, 0.04],
+        hspace=0.35,
+        wspace=0.15,
+        left=0.07,
+        right=0.88,
+        top=0.9,
+        bottom=0.1 if acts is not None else 0.03,
+    )
+    for r, (panel, label) in enumerate(((images, "input x"), (shown, "x·m/(1-p)"))):
+        ax = fig.add_subplot(grid[r, :2])
+        ax.imshow(_rgb(panel, 0.0, top, dropped_img if r else np.zeros_like(dropped_img), gap=3))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(False)
+        ax.spines[:].set_visible(False)
+    fig.colorbar(
+        ScalarMappable(Normalize(0.0, top), "gray"), cax=fig.add_subplot(grid[:2, 2]), label="pixel value"
+    )
     n_on = int((images > 0).sum())
     kept_on = int(((images > 0) & keep_img).sum())
     parts = [
@@ -232,22 +266,19 @@ def _draw_masks(images, acts, p: float, u_img, u_act) -> tuple[Figure, str, dict
         cmap = "RdBu_r" if lo < 0 else "viridis"
         if lo < 0:
             lo, hi = -max(-lo, hi), max(-lo, hi)
-        for c, (panel, title) in enumerate(
-            ((acts, "activations h"), (acts_out, "h·m/(1-p)  (dropped in red)"))
-        ):
-            half = k // 2
-            ax = fig.add_subplot(grid[2, : max(half, 1)] if c == 0 else grid[2, max(half, 1) :])
-            im = ax.imshow(panel, cmap=cmap, vmin=lo, vmax=hi, aspect="auto", interpolation="nearest")
-            if c == 1:
-                overlay = np.zeros((*panel.shape, 4))
-                overlay[~keep_act] = _DROPPED_RGBA
-                ax.imshow(overlay, aspect="auto", interpolation="nearest")
+        titles = ("activations h", "h·m/(1-p)  (dropped in red)")
+        for c, (panel, title) in enumerate(zip((acts, acts_out), titles, strict=True)):
+            ax = fig.add_subplot(grid[2, c])
+            dropped = ~keep_act if c else np.zeros_like(keep_act)
+            ax.imshow(_rgb(panel, lo, hi, dropped, cmap), aspect="auto", interpolation="nearest")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("hidden unit", fontsize=8)
             if c == 0:
                 ax.set_ylabel("example", fontsize=8)
             ax.grid(False)
-        fig.colorbar(im, ax=ax, pad=0.01, label="activation")
+        fig.colorbar(
+            ScalarMappable(Normalize(lo, hi), cmap), cax=fig.add_subplot(grid[2, 2]), label="activation"
+        )
         parts.append(f"units kept {int(keep_act.sum())}/{keep_act.size}")
         parts.append(f"mean h {acts.mean():.3f} -> {acts_out.mean():.3f} after dropout")
         state.update(keep_activations=keep_act, activations_out=acts_out)
@@ -538,7 +569,7 @@ def mc_dropout_explorer(models, train, x_grid, max_T=200) -> Explorer:
         s = samples(p)[:T]
         mean, std = s.mean(axis=0), s.std(axis=0)
         explorer.state = {"mean": mean, "std": std, "T": T, "p": p}
-        fig = Figure(figsize=(7.0, 4.0))
+        fig = Figure(figsize=(7.0, 4.0), layout="tight")
         ax = fig.subplots()
         ax.fill_between(xs, mean - 2 * std, mean + 2 * std, alpha=0.25, color="#1f77b4", label="mean ± 2 std")
         for t in range(min(T, 5)):

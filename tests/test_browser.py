@@ -167,14 +167,20 @@ def _run_all_cells(page) -> None:
 
 def test_notebook_runs_with_figure_and_live_widget(lab, page):
     started = time.monotonic()
+
+    def step(what: str) -> None:  # timings, shown with -s and in the failure report
+        print(f"  {time.monotonic() - started:5.1f} s  {what}")
+
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
         page.goto(f"{lab['url']}/lab/tree/widget_smoke.ipynb")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        step("notebook open")
         # The kernel must be connected before running: the status bar reads "Python 3 (ipykernel) | Idle"
         # (the execution indicator alone says idle already while it reads "No Kernel | Initializing").
         page.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for(timeout=60_000)
+        step("kernel idle")
         _run_all_cells(page)
 
         # Every code cell gets an execution count ("[*]" while running); wait for all of them.
@@ -185,6 +191,7 @@ def test_notebook_runs_with_figure_and_live_widget(lab, page):
             }""",
             timeout=RUN_ALL_S * 1000,
         )
+        step("all cells ran")
         page.wait_for_selector(".jp-OutputArea .widget-slider", timeout=30_000)
 
         # No error outputs: no traceback in the page.
@@ -224,6 +231,7 @@ def test_notebook_runs_with_figure_and_live_widget(lab, page):
             arg=widget_output.element_handle(),
             timeout=30_000,
         )
+        step("slider moved, figure redrawn")
         after_src = picture.get_attribute("src")
         assert after_src and after_src != before_src, "the figure did not change when the slider moved"
         assert picture.evaluate("img => img.complete && img.naturalWidth > 100"), (
