@@ -165,7 +165,7 @@ def _run_all_cells(page) -> None:
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
 
 
-def test_notebook_runs_with_figure_and_live_widget(lab, page):
+def test_notebook_runs_with_figure_and_live_widget(page, lab):  # page first: no Chromium, fail fast
     started = time.monotonic()
 
     def step(what: str) -> None:  # timings, shown with -s and in the failure report
