@@ -114,6 +114,7 @@ class _masks_from:
         return False
 
 
+@_single_thread
 @torch.no_grad()
 def _q_values(q_net: nn.Module, obs, training: bool, generator: torch.Generator | None) -> Tensor:
     """Q-values (N, n_actions) with the network in train (dropout on) or eval mode; mode restored after."""
@@ -462,7 +463,6 @@ class ContextualBandit:
         noise_std: float = 0.1,
         seed: int = 0,
         scale: float = 2.0,
-        safe_arm: float | None = None,
     ) -> None:
         if isinstance(n_arms, bool) or not isinstance(n_arms, int) or n_arms < 2:
             raise ValueError(f"n_arms must be an int >= 2, got {n_arms!r}")
@@ -474,7 +474,6 @@ class ContextualBandit:
         params = np.random.default_rng(seed)
         self.w = params.normal(0.0, scale, size=(n_arms, context_dim))
         self.b = params.uniform(0.0, 2 * np.pi, size=n_arms)
-        self.safe_arm = None if safe_arm is None else float(safe_arm)
 
     def contexts(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` contexts, shape (n, context_dim), float32."""
@@ -482,10 +481,7 @@ class ContextualBandit:
 
     def mean_rewards(self, x: np.ndarray) -> np.ndarray:
         """Expected reward of every arm, (n, n_arms) for contexts (n, context_dim)."""
-        means = np.sin(np.atleast_2d(x) @ self.w.T + self.b)  # (n, n_arms)
-        if self.safe_arm is not None:  # arm 0 pays a constant: tempting for a greedy agent
-            means[:, 0] = self.safe_arm
-        return means
+        return np.sin(np.atleast_2d(x) @ self.w.T + self.b)  # (n, n_arms)
 
     def pull(self, x: np.ndarray, arm: int, rng: np.random.Generator) -> float:
         """A noisy reward for ``arm`` at one context ``x``."""
