@@ -1,4 +1,4 @@
-r"""Why dropout works, exactly: subnetwork enumeration and dropout as a data-dependent L2 penalty.
+r"""Why dropout (drop probability ``p``) works, exactly: subnetwork enumeration and dropout as an L2 penalty.
 
 Everywhere here ``p`` is the probability of DROPPING a unit, and dropout is *inverted*: a kept unit is
 scaled by :math:`1/(1-p)` during training, so the test-time ("weight-scaled") network is the plain network.
@@ -144,7 +144,7 @@ def mask_probabilities(masks, p: float) -> Tensor:
 
 
 def subnetwork_log_probs(x, weight, bias, p: float) -> Tensor:
-    r"""Log-probabilities of every thinned softmax network, all :math:`2^n` masks at once.
+    r"""Log-probabilities of every thinned softmax network (inputs dropped with probability ``p``), all at once.
 
     .. math::
         \log P_m(\cdot \mid x) = \operatorname{log\_softmax}\!\Big(W \frac{m \odot x}{1-p} + b\Big)
@@ -232,7 +232,7 @@ class ExactEnsemble:
 
 
 def exact_softmax_ensemble(x, weight, bias, p: float) -> ExactEnsemble:
-    r"""Enumerate all :math:`2^n` thinned versions of a softmax layer and average them two ways.
+    r"""All :math:`2^n` thinned softmax layers (inputs dropped with probability ``p``), averaged two ways.
 
     Returns the NGM and the arithmetic mean of the thinned networks, weighted by the mask
     probabilities, and the weight-scaled network :math:`\operatorname{softmax}(W x + b)`. Theory: the NGM
@@ -282,7 +282,7 @@ def _regression_inputs(X, y, w=None) -> tuple[Tensor, Tensor, Tensor | None]:
 
 
 def dropout_penalty(X, w, p: float) -> Tensor:
-    r"""The L2 penalty that input dropout adds to the squared loss of linear regression.
+    r"""The L2 penalty that input dropout (drop probability ``p``) adds to the squared loss of linear regression.
 
     .. math::
         \Omega(w) = \frac{p}{1-p}\, w^\top \operatorname{diag}(X^\top X)\, w
@@ -303,7 +303,7 @@ def dropout_penalty(X, w, p: float) -> Tensor:
 
 
 def expected_dropout_loss(X, y, w, p: float) -> Tensor:
-    r"""Closed-form expectation over masks of the summed squared loss with inverted input dropout.
+    r"""Closed-form expected summed squared loss under inverted input dropout (drop probability ``p``).
 
     .. math::
         \mathbb{E}_M \Big\lVert y - \frac{M \odot X}{1-p} w \Big\rVert^2
@@ -322,10 +322,11 @@ def expected_dropout_loss(X, y, w, p: float) -> Tensor:
 def monte_carlo_dropout_loss(
     X, y, w, p: float, n_samples: int = 1000, generator: torch.Generator | None = None
 ) -> tuple[float, float]:
-    r"""Monte-Carlo estimate of :math:`\mathbb{E}_M \lVert y - (M \odot X / (1-p)) w \rVert^2` with real masks.
+    r"""Monte-Carlo estimate of the expected dropout loss (drop probability ``p``) with real masks.
 
-    Draws ``n_samples`` independent masks :math:`M` of shape :math:`(N, d)` (vectorised) and returns the
-    mean of the losses and its standard error :math:`s / \sqrt{S}`.
+    Draws ``n_samples`` independent masks :math:`M` of shape :math:`(N, d)` (vectorised), computes
+    :math:`\lVert y - (M \odot X / (1-p)) w \rVert^2` for each and returns the mean of these losses and its
+    standard error :math:`s / \sqrt{S}`.
 
     Args:
         X, y, w: as in :func:`expected_dropout_loss`.
@@ -347,7 +348,7 @@ def monte_carlo_dropout_loss(
 
 
 def dropout_ridge_solution(X, y, p: float) -> Tensor:
-    r"""The weights that minimise the expected dropout loss (:func:`expected_dropout_loss`).
+    r"""The weights minimising the expected dropout loss (drop probability ``p``), :func:`expected_dropout_loss`.
 
     .. math::
         w^* = \Big(X^\top X + \frac{p}{1-p} \operatorname{diag}(X^\top X)\Big)^{-1} X^\top y
