@@ -472,34 +472,14 @@ def learning_curve_explorer(df) -> Explorer:
 
 
 def _mc_samples(model, x, T: int, seed: int):
-    """``T`` MC-dropout passes of ``x`` as a (T, G) NumPy array (dropout on, every mode restored)."""
-    import torch
+    """``T`` MC-dropout passes of ``x`` as a (T, G) NumPy array (dropout on, every mode restored after)."""
+    from .layers import DropConnectLinear
+    from .uncertainty import mc_predict, mc_predict_loop
 
-    try:
-        from .uncertainty import mc_predict
-    except ImportError:  # the small vectorised loop, same semantics as uncertainty.mc_predict
-        mc_predict = None
-    if mc_predict is not None:
-        out = mc_predict(model, x, T=T, seed=seed)
-    else:
-        from .training import seeded
-
-        modes = [(m, m.training) for m in model.modules()]
-        try:
-            model.eval()
-            for m in model.modules():
-                if "Dropout" in type(m).__name__ or "DropPath" in type(m).__name__:
-                    m.train()
-            with torch.no_grad(), seeded(seed):
-                out = model(x.repeat(T, 1)).reshape(T, len(x), -1)  # (T*G, 1) -> (T, G, 1)
-        finally:
-            for m, mode in modes:
-                m.training = mode
-    return out.reshape(T, len(x)).double().numpy()
-
-
-def _has_dropout(model) -> bool:
-    return any("Drop" in type(m).__name__ for m in model.modules())
+    # DropConnect masks the weights once per batch: its T samples need T separate passes.
+    shared = any(isinstance(m, DropConnectLinear) for m in model.modules())
+    out = (mc_predict_loop if shared else mc_predict)(model, x, T=T, seed=seed)  # (T, G, 1)
+    return out.reshape(T, len(x)).double().cpu().numpy()
 
 
 def mc_dropout_explorer(models, train, x_grid, max_T=200) -> Explorer:
@@ -511,6 +491,8 @@ def mc_dropout_explorer(models, train, x_grid, max_T=200) -> Explorer:
     drawn as the mean and a :math:`\pm 2\hat\sigma` band over the training points. ``max_T`` passes are
     drawn once per model (one batched pass, fixed seed) and the ``T`` slider uses the first ``T``, so the
     estimate visibly settles as ``T`` grows. Dropout modules are in train mode only while sampling.
+    Each grid point gets its own masks (as in :func:`dropout_course.uncertainty.mc_predict`), so the
+    mean and spread per point are exact MC estimates, but sample ``t`` across the grid is not one network.
 
     Args:
         models: ``{p: trained nn.Module}`` mapping (N, 1) inputs to (N, 1) outputs, with dropout layers.
@@ -525,13 +507,15 @@ def mc_dropout_explorer(models, train, x_grid, max_T=200) -> Explorer:
     import torch
     from torch import nn
 
+    from .uncertainty import dropout_modules
+
     if not isinstance(models, Mapping) or not models:
         raise TypeError(f"models must be a non-empty dict {{p: nn.Module}}, got {models!r:.80}")
     for p, model in models.items():
         _check_p(p, name=f"models key {p!r}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"models[{p!r}] must be a torch.nn.Module, got {type(model).__name__}")
-        if not _has_dropout(model):
+        if not dropout_modules(model):
             raise ValueError(
                 f"models[{p!r}] ({type(model).__name__}) has no dropout layers: MC dropout needs some"
             )
@@ -572,15 +556,6 @@ def mc_dropout_explorer(models, train, x_grid, max_T=200) -> Explorer:
         fig = Figure(figsize=(7.0, 4.0), layout="tight")
         ax = fig.subplots()
         ax.fill_between(xs, mean - 2 * std, mean + 2 * std, alpha=0.25, color="#1f77b4", label="mean ± 2 std")
-        for t in range(min(T, 5)):
-            ax.plot(
-                xs,
-                s[t],
-                color="#1f77b4",
-                alpha=0.25,
-                linewidth=0.8,
-                label="single passes" if t == 0 else None,
-            )
         ax.plot(xs, mean, color="#1f77b4", linewidth=2.0, label=f"MC mean (T = {T})")
         ax.scatter(X[:, 0], y[:, 0], s=8, color="black", alpha=0.6, label="training data", zorder=3)
         ax.set_xlabel("x")

@@ -262,3 +262,14 @@ def test_kernel_output_holds_one_figure_per_explorer():
         assert [o.output_type for o in cell.outputs] == ["display_data"], cell.outputs
         data = cell.outputs[0].data
         assert WIDGET_MIME in data and base64.b64decode(data["image/png"]).startswith(b"\x89PNG")
+
+
+def test_mc_dropout_explorer_dropconnect_uses_separate_passes():
+    from dropout_course.layers import DropConnectLinear
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(DropConnectLinear(1, 16, 0.3), torch.nn.ReLU(), torch.nn.Linear(16, 1)).eval()
+    explorer = mc_dropout_explorer(
+        {0.3: net}, toy_regression(20), torch.linspace(-2, 2, 9).unsqueeze(1), max_T=20
+    )
+    assert (explorer.state["std"] > 0).any() and not any(m.training for m in net.modules())
