@@ -31,6 +31,7 @@ __all__ = [
     "load_surnames",
     "toy_regression",
     "encode_names",
+    "first_symbol_sequences",
     "SURNAME_COUNTRIES",
 ]
 
@@ -285,6 +286,55 @@ def load_surnames(
     n_val, n_test = round(val_fraction * len(y)), round(test_fraction * len(y))
     classes = [SURNAME_COUNTRIES.get(loc, loc) for loc in countries]
     return _make_splits("surnames", X, y, classes, n_val, n_test, n_train, seed, vocab)
+
+
+# --------------------------------------------------------------------------- long-range memory
+
+
+def first_symbol_sequences(
+    n_train: int = 1000,
+    n_val: int = 500,
+    n_test: int = 500,
+    n_classes: int = 4,
+    n_filler: int = 8,
+    min_len: int = 20,
+    max_len: int = 40,
+    seed: int = 0,
+) -> DataSplits:
+    """Synthetic sequences whose label is their first symbol, followed by random filler: a memory task.
+
+    Token 0 is padding, tokens ``1..n_classes`` are the label symbols (only ever at position 0), tokens
+    ``n_classes+1 .. n_classes+n_filler`` are filler drawn uniformly. Lengths are uniform in
+    ``[min_len, max_len]``; ``X`` is (N, max_len) int64, right-padded with 0, and ``y = X[:, 0] - 1``.
+    A model that reads the sequence left to right must carry the first symbol over ``min_len - 1`` or
+    more steps; chance accuracy is ``1 / n_classes``.
+    """
+    for name, value, minimum in (
+        ("n_train", n_train, 1),
+        ("n_val", n_val, 1),
+        ("n_test", n_test, 1),
+        ("n_classes", n_classes, 2),
+        ("n_filler", n_filler, 1),
+        ("min_len", min_len, 2),
+    ):
+        _check_count(name, value, minimum)
+    _check_count("max_len", max_len, min_len)
+    rng = np.random.default_rng(seed)
+    n = n_train + n_val + n_test
+    lengths = rng.integers(min_len, max_len + 1, size=n)
+    X = np.zeros((n, max_len), dtype=np.int64)
+    y = rng.integers(0, n_classes, size=n)
+    X[:, 0] = y + 1
+    filler = rng.integers(n_classes + 1, n_classes + n_filler + 1, size=(n, max_len))
+    steps = np.arange(max_len)
+    body = (steps >= 1) & (steps < lengths[:, None])
+    X[body] = filler[body]
+    vocab = ["<pad>"] + [f"c{k}" for k in range(n_classes)] + [f"f{k}" for k in range(n_filler)]
+    X, y = torch.from_numpy(X), torch.from_numpy(y)
+    parts = np.split(np.arange(n), [n_train, n_train + n_val])
+    train, val, test = (Split(X[idx], y[idx]) for idx in parts)
+    classes = [f"starts with c{k}" for k in range(n_classes)]
+    return DataSplits("first_symbol", train, val, test, classes, vocab)
 
 
 # --------------------------------------------------------------------------- 1-D regression

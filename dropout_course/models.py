@@ -266,6 +266,7 @@ class CharRNN(nn.Module):
                 f"CharRNN expects (N, T) int64 character codes, got {tuple(tokens.shape)} {tokens.dtype}"
             )
         lengths = (tokens != 0).sum(dim=1).clamp(min=1)  # (N,)
+        tokens = tokens[:, : int(lengths.max())]  # trailing all-padding columns never reach the readout
         x = self.input_dropout(self._embed(tokens))  # (N, T, E)
         for k in range(self.config.num_layers):
             if k > 0:
