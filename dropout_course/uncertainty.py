@@ -16,6 +16,8 @@ The vectorised form is exact (the same distribution as the loop) because every d
 course draws its mask per example: copy ``t`` of example ``n`` gets its own mask, as it would in pass
 ``t`` of the loop. Layers that share one mask across the batch (``DropConnectLinear``, which masks the
 weights) would give all ``T`` copies the same mask, so :func:`mc_predict` refuses them; use the loop.
+Only dropout *modules* are sampled: dropout written inside a model's own ``forward`` and gated by the
+model's ``training`` flag (``CharRNN``'s embedding dropout, recurrent masks and weight drop) stays off.
 """
 
 from __future__ import annotations
