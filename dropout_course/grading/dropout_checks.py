@@ -100,6 +100,17 @@ def _analyse(ctx, caller, v: Variant, p: float, seed: int = 0):
     return x, y, units
 
 
+def _effective_n(units: np.ndarray) -> int:
+    """Number of independent mask draws behind ``units`` (fewer if the mask is shared; that mistake is
+    diagnosed by the independence property, so the fraction test must not blame it on p)."""
+    rows = units.reshape(units.shape[0], -1)
+    if units.shape[0] > 1 and (rows == rows[0]).all():
+        return rows.shape[1]
+    if rows.shape[1] > 1 and (rows.all(axis=1) | (~rows).all(axis=1)).all():
+        return rows.shape[0]
+    return units.size
+
+
 def _kept_ratios(x, y) -> np.ndarray:
     keep = (y != 0).numpy()
     return (y.double().numpy()[keep] / x.double().numpy()[keep]).ravel()
@@ -116,7 +127,7 @@ def forward_properties(
     def drop_fraction(ctx):
         for p in p_values:
             _, _, units = _analyse(ctx, caller, v, p)
-            diagnose_drop_fraction(float(units.mean()), p, units.size, v.unit)
+            diagnose_drop_fraction(float(units.mean()), p, _effective_n(units), v.unit)
 
     def scaling(ctx):
         for p in p_values:
