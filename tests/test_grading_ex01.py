@@ -75,7 +75,9 @@ def ok_empty_bernoulli_(x, p, training=True):
     return x * x.new_empty(x.shape).bernoulli_(1 - p).div_(1 - p)
 
 
-@pytest.mark.parametrize("fn", [ok_rand, ok_bernoulli, ok_numpy, ok_where_other_rng_order, ok_empty_bernoulli_])
+@pytest.mark.parametrize(
+    "fn", [ok_rand, ok_bernoulli, ok_numpy, ok_where_other_rng_order, ok_empty_bernoulli_]
+)
 def test_correct_dropout_forward_gets_full_marks(grader, fn):
     result = grader.check("dropout_forward", fn)
     assert result.passed and result.score == result.max_score, "\n".join(result.messages)
@@ -89,7 +91,9 @@ def test_reference_layers_pass(grader):
     assert grader.check("dropout_forward", dropout).passed
     assert grader.check("Dropout", Dropout).passed
     assert grader.check("dropout_forward_numpy", dropout_forward_numpy).passed
-    assert grader.check("dropout_backward_numpy", dropout_backward_numpy, forward=dropout_forward_numpy).passed
+    assert grader.check(
+        "dropout_backward_numpy", dropout_backward_numpy, forward=dropout_forward_numpy
+    ).passed
 
 
 # --------------------------------------------------------------------------- wrong dropout_forward
@@ -447,3 +451,13 @@ def test_backward_without_forward_explains(grader):
     from dropout_course.layers import dropout_backward_numpy
 
     _fails_with(grader.check("dropout_backward_numpy", dropout_backward_numpy), "pass your forward pass too")
+
+
+def python_division(x, p, training=True):
+    if not training:
+        return x
+    return x * (torch.rand_like(x) >= p).to(x.dtype) * (1.0 / (1.0 - p))
+
+
+def test_zero_division_at_p_one_gets_a_hint(grader):
+    _fails_with(grader.check("dropout_forward", python_division), "p=1 divides by zero", "return zeros")

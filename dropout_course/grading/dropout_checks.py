@@ -165,7 +165,14 @@ def forward_properties(
             diagnose_eval(y, x, p, "in eval mode (training=False)" if not is_module else "in eval mode")
 
     def edge_cases(ctx):
-        x, y = _run(ctx, caller, v, 1.0)
+        try:
+            x, y = _run(ctx, caller, v, 1.0)
+        except Fail as exc:
+            if "ZeroDivisionError" in str(exc):
+                raise Fail(
+                    f"p=1 divides by zero (1-p = 0): when p == 1 every unit is dropped, so return zeros ({exc})"
+                ) from None
+            raise
         check_finite(y, 1.0)
         if not (y == 0).all():
             raise Fail(
