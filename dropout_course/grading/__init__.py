@@ -9,6 +9,7 @@ from .core import CheckResult, Grader
 EXERCISES = {
     "ex01_inverted_dropout": "ex01_inverted_dropout",
     "ex03_spatial_dropout": "ex03_spatial_dropout",
+    "ex04_locked_dropout": "ex04_locked_dropout",
 }
 
 __all__ = ["Grader", "CheckResult", "EXERCISES"]
