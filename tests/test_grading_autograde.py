@@ -90,7 +90,7 @@ def graded(tmp_path_factory):
     put("not_notebook", text='{"hello": "world"}')
     before = {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in subs.items()}
     out = d / "grades.csv"
-    code = cli.main(["grade", *map(str, subs.values()), "--out", str(out), "--jobs", "3", "--timeout", "20"])
+    code = cli.main(["grade", *map(str, subs.values()), "--out", str(out), "--jobs", "3", "--timeout", "30"])
     after = {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in subs.items()}
     with open(out, newline="") as fh:
         rows = {Path(r["submission"]).stem: r for r in csv.DictReader(fh)}
