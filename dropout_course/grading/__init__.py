@@ -10,6 +10,8 @@ EXERCISES = {
     "ex01_inverted_dropout": "ex01_inverted_dropout",
     "ex03_spatial_dropout": "ex03_spatial_dropout",
     "ex04_locked_dropout": "ex04_locked_dropout",
+    "ex06_mc_dropout": "ex06_mc_dropout",
+    "ex07_thompson_sampling": "ex07_thompson_sampling",
 }
 
 __all__ = ["Grader", "CheckResult", "EXERCISES"]

@@ -1,0 +1,262 @@
+"""Grader of ``ex07_thompson_sampling``: greedy and Thompson-sampling action selection with a dropout Q-net.
+
+Checks: ``greedy_action`` (``f(q_net, obs) -> int``, dropout off), ``thompson_action`` (``f(q_net, obs) ->
+int``, one dropout mask per decision) and the hidden ``thompson_action_hidden`` (another network built from
+``torch.nn.Dropout``, four actions). Action frequencies are compared with the exact distribution of
+one-mask Thompson sampling (estimated from 20,000 masks in one batched pass) within binomial tolerances,
+so any correct implementation passes whatever the order of its random calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .core import CheckSpec, Fail, Property, register
+
+EXERCISE = "ex07_thompson_sampling"
+N_CALLS = 400  # decisions sampled from the learner's thompson_action
+SIGMAS = 4.5  # per-action tolerance in binomial standard deviations
+
+
+def _one_thread(test):
+    """Run a property test with torch on one thread (restored after): the test networks are tiny, and on a
+    busy 2-core machine multi-threaded kernels are 10-100x slower than one thread for them."""
+
+    @functools.wraps(test)
+    def wrapper(ctx):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return test(ctx)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
+def _prop(name: str, points: float, test) -> Property:
+    return Property(name, points, _one_thread(test))
+
+
+def _qnet(hidden_kind: str = "course"):
+    """The test networks: a course QNetwork (obs 4 -> 3 actions) or a torch nn.Dropout net (4 actions)."""
+    with torch.random.fork_rng(devices=[]):
+        if hidden_kind == "course":
+            from ..models import QNetwork, QNetworkConfig
+
+            torch.manual_seed(14)
+            net = QNetwork(QNetworkConfig(4, 3, (32,), 0.5))
+            obs = torch.randn(1, 4, generator=torch.Generator().manual_seed(14))
+        else:
+            torch.manual_seed(3)
+            net = nn.Sequential(nn.Linear(3, 24), nn.ReLU(), nn.Dropout(0.4), nn.Linear(24, 4))
+            obs = torch.randn(1, 3, generator=torch.Generator().manual_seed(5))
+    return net, obs[0].numpy().astype(np.float32)
+
+
+def _reference(net: nn.Module, obs: np.ndarray, n: int = 20_000):
+    """Exact-ish action probabilities: argmax and argmin with one mask per row; the greedy action."""
+    was = net.training
+    x = torch.as_tensor(obs).unsqueeze(0).repeat(n, 1)  # (n, obs_dim): one mask per row
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net.train()
+        q = net(x)
+        net.eval()
+        greedy = int(net(x[:1]).argmax())
+    net.train(was)
+    k = q.shape[1]
+    freq = np.bincount(q.argmax(1).numpy(), minlength=k) / n
+    freq_min = np.bincount(q.argmin(1).numpy(), minlength=k) / n
+    return freq, freq_min, greedy
+
+
+def _as_action(a, fn_name: str, n_actions: int) -> int:
+    if isinstance(a, torch.Tensor):
+        raise Fail(
+            f"`{fn_name}` returns a torch.Tensor ({a!r}); return a Python int, e.g. `int(q.argmax())` or "
+            "`q.argmax().item()` (gym environments need an int)"
+        )
+    if a is None:
+        raise Fail(f"`{fn_name}` returns None: did you forget the `return` statement?")
+    if isinstance(a, np.ndarray):
+        raise Fail(f"`{fn_name}` returns a numpy array of shape {a.shape}; return one Python int")
+    if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+        raise Fail(f"`{fn_name}` returns a {type(a).__name__}, expected an int (the index of the action)")
+    if not 0 <= int(a) < n_actions:
+        raise Fail(f"`{fn_name}` returned {a}, not an action index in 0..{n_actions - 1}")
+    return int(a)
+
+
+def _modes(net: nn.Module) -> list[bool]:
+    return [m.training for m in net.modules()]
+
+
+def _restores_mode(ctx, kind: str = "course"):
+    net, obs = _qnet(kind)
+    name = getattr(ctx.candidate, "__name__", "the function")
+    for mode in (False, True):
+        net.train(mode)
+        ctx.call(ctx.candidate, net, obs.copy(), copy_args=False)
+        after = _modes(net)
+        if after != [mode] * len(after):
+            now = "train" if net.training else "eval"
+            raise Fail(
+                f"`{name}` leaves the network in {now} mode, it was in {'train' if mode else 'eval'} mode "
+                "before the call: remember `was = q_net.training` and call `q_net.train(was)` at the end"
+            )
+
+
+def _returns_int(ctx, kind: str = "course"):
+    net, obs = _qnet(kind)
+    _as_action(ctx.call(ctx.candidate, net, obs.copy(), copy_args=False), ctx.candidate.__name__, 4)
+
+
+# --------------------------------------------------------------------------- greedy_action
+
+
+def _greedy_is_argmax(ctx):
+    net, obs0 = _qnet()
+    g = torch.Generator().manual_seed(7)
+    observations = [obs0] + [torch.randn(4, generator=g).numpy() for _ in range(5)]
+    net.eval()
+    with torch.no_grad():
+        q = net(torch.as_tensor(np.stack(observations)))  # (6, 3)
+    best, worst = q.argmax(1).tolist(), q.argmin(1).tolist()
+    got = []
+    for obs in observations:
+        net.train()  # the function must switch dropout off itself
+        got.append(_as_action(ctx.call(ctx.candidate, net, obs.copy(), copy_args=False), "greedy_action", 3))
+    if got == best:
+        again = [
+            _as_action(ctx.call(ctx.candidate, net.train(), obs0.copy(), copy_args=False), "greedy_action", 3)
+            for _ in range(30)
+        ]
+        if len(set(again)) > 1:
+            raise Fail(
+                "repeated calls on one observation give different actions: dropout is on; use eval mode"
+            )
+        return
+    if got == worst:
+        raise Fail("picks the action with the LOWEST Q-value (argmin): the greedy action is q.argmax()")
+    again = [
+        _as_action(ctx.call(ctx.candidate, net.train(), obs0.copy(), copy_args=False), "greedy_action", 3)
+        for _ in range(30)
+    ]
+    if len(set(again)) > 1:
+        raise Fail(
+            "repeated calls on one observation give different actions: dropout is still on. Greedy action "
+            "selection uses the network in eval mode (`q_net.eval()`), whatever mode it was in"
+        )
+    raise Fail(f"actions {got} are not the argmax of the eval-mode Q-values {best}")
+
+
+register(
+    EXERCISE,
+    CheckSpec(
+        "greedy_action",
+        [
+            _prop("returns a Python int", 1, _returns_int),
+            _prop("is the argmax of the Q-values with dropout off", 2, _greedy_is_argmax),
+            _prop("restores the network's train/eval mode", 1, _restores_mode),
+        ],
+    ),
+)
+
+# --------------------------------------------------------------------------- thompson_action
+
+
+def _samples(ctx, kind: str = "course"):
+    def compute():
+        net, obs = _qnet(kind)
+        freq, freq_min, greedy = _reference(net, obs)
+        net.eval()
+        k = len(freq)
+        actions = []
+        for _ in range(N_CALLS):
+            a = ctx.call(ctx.candidate, net, obs.copy(), copy_args=False)
+            actions.append(_as_action(a, "thompson_action", k))
+        return np.bincount(actions, minlength=k) / N_CALLS, freq, freq_min, greedy
+
+    return ctx.memo(("samples", kind), compute)
+
+
+def _close(observed: np.ndarray, expected: np.ndarray) -> bool:
+    tol = SIGMAS * np.sqrt(expected * (1 - expected) / N_CALLS) + 1.0 / N_CALLS
+    return bool(np.all(np.abs(observed - expected) <= tol))
+
+
+def _fmt(f: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.2f}" for v in f) + ")"
+
+
+def _thompson_varies(ctx, kind: str = "course"):
+    observed, freq, _, greedy = _samples(ctx, kind)
+    if observed.max() == 1.0:
+        action = int(observed.argmax())
+        if action == greedy:
+            raise Fail(
+                f"all {N_CALLS} calls return the greedy action {action}: dropout is off. Put the network in "
+                "train mode (`q_net.train()`) for the sampled forward pass, then restore its mode"
+            )
+        raise Fail(
+            f"all {N_CALLS} calls return action {action}: every call uses the same mask. Draw a fresh mask "
+            "each call (do not reseed or cache the mask inside the function)"
+        )
+
+
+def _thompson_distribution(ctx, kind: str = "course"):
+    observed, freq, freq_min, greedy = _samples(ctx, kind)
+    if _close(observed, freq):
+        return
+    _thompson_varies(ctx, kind)
+    if _close(observed, freq_min):
+        raise Fail(
+            "picks the action with the LOWEST sampled Q-value (argmin): act greedily on the sample, argmax"
+        )
+    if observed[greedy] > freq[greedy] + SIGMAS * math.sqrt(freq[greedy] * (1 - freq[greedy]) / N_CALLS):
+        raise Fail(
+            f"too deterministic: the greedy action {greedy} is chosen {observed[greedy]:.0%} of the time, one "
+            f"mask per decision gives {freq[greedy]:.0%}. Thompson sampling acts on ONE sampled network "
+            "(one forward pass with one mask), not on the average of several samples"
+        )
+    raise Fail(
+        f"action frequencies {_fmt(observed)} over {N_CALLS} calls differ from those of one dropout mask "
+        f"per decision {_fmt(freq)}: one forward pass in train mode, then the argmax of its Q-values"
+    )
+
+
+register(
+    EXERCISE,
+    CheckSpec(
+        "thompson_action",
+        [
+            _prop("returns a Python int", 1, _returns_int),
+            _prop("samples: a fresh dropout mask on every call", 2, _thompson_varies),
+            _prop("chooses actions with the frequencies of one mask per decision", 2, _thompson_distribution),
+            _prop("restores the network's train/eval mode", 1, _restores_mode),
+        ],
+    ),
+)
+
+register(
+    EXERCISE,
+    CheckSpec(
+        "thompson_action_hidden",
+        [
+            _prop("returns a Python int (torch nn.Dropout network)", 1, lambda c: _returns_int(c, "torch")),
+            _prop(
+                "frequencies of one mask per decision (4 actions)",
+                2,
+                lambda c: _thompson_distribution(c, "torch"),
+            ),
+            _prop("restores the network's train/eval mode", 1, lambda c: _restores_mode(c, "torch")),
+        ],
+        hidden=True,
+    ),
+)
