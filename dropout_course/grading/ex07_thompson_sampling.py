@@ -172,16 +172,28 @@ register(
 
 
 def _samples(ctx, kind: str = "course"):
+    """N_CALLS decisions of the learner; their frequencies, the reference's, and whether dropout ran on."""
+
     def compute():
         net, obs = _qnet(kind)
         freq, freq_min, greedy = _reference(net, obs)
         net.eval()
         k = len(freq)
+        dropout_on: list[bool] = []
+        hooks = [
+            m.register_forward_pre_hook(lambda mod, args: dropout_on.append(mod.training))
+            for m in net.modules()
+            if "Dropout" in type(m).__name__
+        ]
         actions = []
-        for _ in range(N_CALLS):
-            a = ctx.call(ctx.candidate, net, obs.copy(), copy_args=False)
-            actions.append(_as_action(a, "thompson_action", k))
-        return np.bincount(actions, minlength=k) / N_CALLS, freq, freq_min, greedy
+        try:
+            for _ in range(N_CALLS):
+                a = ctx.call(ctx.candidate, net, obs.copy(), copy_args=False)
+                actions.append(_as_action(a, "thompson_action", k))
+        finally:
+            for h in hooks:
+                h.remove()
+        return np.bincount(actions, minlength=k) / N_CALLS, freq, freq_min, greedy, any(dropout_on)
 
     return ctx.memo(("samples", kind), compute)
 
@@ -196,12 +208,13 @@ def _fmt(f: np.ndarray) -> str:
 
 
 def _thompson_varies(ctx, kind: str = "course"):
-    observed, freq, _, greedy = _samples(ctx, kind)
+    observed, freq, _, greedy, dropout_ran = _samples(ctx, kind)
     if observed.max() == 1.0:
         action = int(observed.argmax())
-        if action == greedy:
+        if not dropout_ran:
             raise Fail(
-                f"all {N_CALLS} calls return the greedy action {action}: dropout is off. Put the network in "
+                f"all {N_CALLS} calls return action {action}{' (the greedy one)' if action == greedy else ''}: "
+                "the dropout layers never ran in train mode, dropout is off. Put the network in "
                 "train mode (`q_net.train()`) for the sampled forward pass, then restore its mode"
             )
         raise Fail(
@@ -211,7 +224,7 @@ def _thompson_varies(ctx, kind: str = "course"):
 
 
 def _thompson_distribution(ctx, kind: str = "course"):
-    observed, freq, freq_min, greedy = _samples(ctx, kind)
+    observed, freq, freq_min, greedy, _ = _samples(ctx, kind)
     if _close(observed, freq):
         return
     _thompson_varies(ctx, kind)

@@ -1,0 +1,204 @@
+"""The ex07 (Thompson sampling with a dropout Q-network) grader against wrong and correct implementations.
+
+Every wrong implementation must fail with its specific diagnosis (message text pinned); every correct one,
+whatever the order of its random calls, must get full marks, hidden checks included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dropout_course import rl
+from dropout_course.grading import Grader
+
+EX = "ex07_thompson_sampling"
+
+
+@pytest.fixture(scope="module")
+def grader():
+    return Grader(EX)
+
+
+def _fails_with(result, *fragments):
+    text = "\n".join(result.messages)
+    assert not result.passed, text
+    assert result.score < result.max_score
+    for fragment in fragments:
+        assert fragment in text, f"expected {fragment!r} in:\n{text}"
+
+
+def _q(q_net, obs, training):
+    was = q_net.training
+    q_net.train(training)
+    with torch.no_grad():
+        q = q_net(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0]
+    q_net.train(was)
+    return q
+
+
+# --------------------------------------------------------------------------- correct
+
+
+def ok_greedy(q_net, obs):
+    return int(_q(q_net, obs, False).argmax())
+
+
+def ok_greedy_item(q_net, obs):
+    modes = [m.training for m in q_net.modules()]
+    q_net.eval()
+    q = q_net(torch.from_numpy(np.asarray(obs, dtype=np.float32))[None]).detach()
+    for m, mode in zip(q_net.modules(), modes, strict=True):
+        m.training = mode
+    return q.argmax(dim=1).item()
+
+
+def ok_thompson(q_net, obs):
+    return int(_q(q_net, obs, True).argmax())
+
+
+def ok_thompson_numpy(q_net, obs):
+    torch.rand(5)  # another RNG call order
+    was = q_net.training
+    q_net.train()
+    try:
+        q = q_net(torch.tensor(np.array([obs]), dtype=torch.float32)).detach().numpy()[0]
+    finally:
+        q_net.train(was)
+    return int(np.argmax(q))
+
+
+def ok_thompson_reference(q_net, obs):
+    return rl.thompson_action(q_net, obs)
+
+
+@pytest.mark.parametrize("fn", [ok_greedy, ok_greedy_item, rl.greedy_action])
+def test_correct_greedy_gets_full_marks(grader, fn):
+    result = grader.check("greedy_action", fn)
+    assert result.passed and result.score == result.max_score, "\n".join(result.messages)
+
+
+@pytest.mark.parametrize("fn", [ok_thompson, ok_thompson_numpy, ok_thompson_reference])
+def test_correct_thompson_gets_full_marks(grader, fn):
+    for name in ("thompson_action", "thompson_action_hidden"):
+        result = grader.check(name, fn)
+        assert result.passed and result.score == result.max_score, "\n".join(result.messages)
+
+
+# --------------------------------------------------------------------------- wrong greedy
+
+
+def greedy_argmin(q_net, obs):
+    return int(_q(q_net, obs, False).argmin())
+
+
+def greedy_dropout_on(q_net, obs):
+    with torch.no_grad():
+        return int(q_net(torch.as_tensor(obs)[None]).argmax())
+
+
+def greedy_tensor(q_net, obs):
+    return _q(q_net, obs, False).argmax()
+
+
+def greedy_leaves_eval(q_net, obs):
+    q_net.eval()
+    with torch.no_grad():
+        return int(q_net(torch.as_tensor(obs)[None]).argmax())
+
+
+WRONG_GREEDY = {
+    greedy_argmin: ["LOWEST Q-value (argmin)"],
+    greedy_dropout_on: ["different actions: dropout is still on"],
+    greedy_tensor: ["returns a torch.Tensor", "`int(q.argmax())`"],
+    greedy_leaves_eval: ["leaves the network in eval mode, it was in train mode"],
+}
+
+
+@pytest.mark.parametrize("fn", list(WRONG_GREEDY), ids=[f.__name__ for f in WRONG_GREEDY])
+def test_wrong_greedy_is_diagnosed(grader, fn):
+    _fails_with(grader.check("greedy_action", fn), *WRONG_GREEDY[fn])
+
+
+# --------------------------------------------------------------------------- wrong thompson
+
+
+def dropout_off(q_net, obs):
+    return ok_greedy(q_net, obs)
+
+
+def thompson_argmin(q_net, obs):
+    return int(_q(q_net, obs, True).argmin())
+
+
+def thompson_tensor(q_net, obs):
+    return _q(q_net, obs, True).argmax()
+
+
+def leaves_train(q_net, obs):
+    q_net.train()
+    with torch.no_grad():
+        return int(q_net(torch.as_tensor(obs)[None]).argmax())
+
+
+def ends_in_eval(q_net, obs):
+    q_net.train()
+    with torch.no_grad():
+        q = q_net(torch.as_tensor(obs)[None])
+    q_net.eval()
+    return int(q.argmax())
+
+
+def averages_samples(q_net, obs):
+    x = torch.as_tensor(obs)[None].repeat(10, 1)  # 10 masks, averaged: close to greedy
+    return int(_q_batch(q_net, x).mean(0).argmax())
+
+
+def _q_batch(q_net, x):
+    was = q_net.training
+    q_net.train()
+    with torch.no_grad():
+        q = q_net(x)
+    q_net.train(was)
+    return q
+
+
+def reseeds(q_net, obs):
+    torch.manual_seed(0)
+    return ok_thompson(q_net, obs)
+
+
+def dropout_on_q_values(q_net, obs):
+    return int(torch.nn.functional.dropout(_q(q_net, obs, False), 0.5).argmax())
+
+
+WRONG_THOMPSON = {
+    dropout_off: ["(the greedy one)", "dropout is off"],
+    thompson_argmin: ["LOWEST sampled Q-value (argmin)", "PASS samples"],
+    thompson_tensor: ["returns a torch.Tensor"],
+    leaves_train: ["leaves the network in train mode, it was in eval mode"],
+    ends_in_eval: ["leaves the network in eval mode, it was in train mode", "PASS chooses actions"],
+    averages_samples: ["too deterministic", "ONE sampled network"],
+    reseeds: ["every call uses the same mask"],
+    dropout_on_q_values: ["differ from those of one dropout mask per decision"],
+}
+
+
+@pytest.mark.parametrize("fn", list(WRONG_THOMPSON), ids=[f.__name__ for f in WRONG_THOMPSON])
+def test_wrong_thompson_is_diagnosed(grader, fn):
+    _fails_with(grader.check("thompson_action", fn), *WRONG_THOMPSON[fn])
+
+
+def test_hidden_check_catches_averaging_on_the_torch_network(grader):
+    _fails_with(grader.check("thompson_action_hidden", averages_samples), "too deterministic")
+
+
+def test_grading_leaves_learner_rng_and_threads_alone(grader):
+    threads = torch.get_num_threads()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    grader.check("thompson_action", ok_thompson)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.get_num_threads() == threads
