@@ -122,6 +122,7 @@ def _ece_matches(ctx):
 
 
 def _ece_n_bins(ctx):
+    _ece_matches(ctx)  # a mistake already seen with 10 bins is named as such
     probs, labels = _ece_data(seed=1, n=500)
     for n_bins in (4, 25):
         value = _ece_call(ctx, probs, labels, n_bins)
@@ -138,6 +139,9 @@ def _ece_edges(ctx):
     probs = nn.functional.one_hot(pred, 3).float()
     value = _ece_call(ctx, probs, labels, 10)
     if abs(value - 0.5) > 1e-6:
+        main_probs, main_labels = _ece_data()
+        # a mistake that already shows on the main data is the likely cause: name it, not the edge case
+        _diagnose(_ece_call(ctx, main_probs, main_labels, 10), main_probs, main_labels, 10)
         raise Fail(
             f"8 one-hot predictions (confidence 1.0), 4 of them wrong, give ECE {value:.4g} instead of 0.5: "
             "a confidence of exactly 1.0 belongs to the LAST bin (e.g. `min(int(conf * n_bins), n_bins - 1)`)"

@@ -114,7 +114,8 @@ def _restores_mode(ctx, kind: str = "course"):
 
 def _returns_int(ctx, kind: str = "course"):
     net, obs = _qnet(kind)
-    _as_action(ctx.call(ctx.candidate, net, obs.copy(), copy_args=False), ctx.candidate.__name__, 4)
+    n_actions = 3 if kind == "course" else 4
+    _as_action(ctx.call(ctx.candidate, net, obs.copy(), copy_args=False), ctx.candidate.__name__, n_actions)
 
 
 # --------------------------------------------------------------------------- greedy_action
