@@ -10,6 +10,7 @@ EXERCISES = {
     "ex01_inverted_dropout": "ex01_inverted_dropout",
     "ex03_spatial_dropout": "ex03_spatial_dropout",
     "ex04_locked_dropout": "ex04_locked_dropout",
+    "ex05_attention_dropout": "ex05_attention_dropout",
     "ex06_mc_dropout": "ex06_mc_dropout",
     "ex07_thompson_sampling": "ex07_thompson_sampling",
 }

@@ -218,27 +218,39 @@ _FUNCTIONAL_NAMES = (
 )
 
 
+def _sdpa_drops(args: tuple, kwargs: dict) -> bool:
+    """Whether a ``scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, ...)`` call applies dropout."""
+    p = kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0)
+    try:
+        return float(p) > 0.0
+    except (TypeError, ValueError):
+        return True
+
+
 @contextmanager
 def spy_torch_dropout(calls: list[str]):
     """Patch torch's own dropout entry points so that any call during the block is recorded in ``calls``.
 
     Covers ``torch.nn.functional.dropout*`` (also when imported under another name: the internal
-    ``torch._VF`` functions are patched too), ``torch.dropout`` and friends, and ``nn.Dropout*`` modules.
-    The wrapped functions still work, so the learner's code runs normally.
+    ``torch._VF`` functions are patched too), ``torch.dropout`` and friends, ``nn.Dropout*`` modules, and
+    ``torch.nn.functional.scaled_dot_product_attention`` when called with ``dropout_p > 0`` (its dropout
+    does not go through the functions above). The wrapped functions still work, so the learner's code runs
+    normally.
     """
     import torch
     import torch.nn.functional as F
 
     patched: list[tuple[object, str, object, bool]] = []
 
-    def wrap(owner, name: str, label: str) -> None:
+    def wrap(owner, name: str, label: str, when: Callable[[tuple, dict], bool] | None = None) -> None:
         original = getattr(owner, name, None)
         if original is None:
             return
         had = name in getattr(owner, "__dict__", {})
 
         def spy(*args, **kwargs):
-            calls.append(label)
+            if when is None or when(args, kwargs):
+                calls.append(label)
             return original(*args, **kwargs)
 
         try:
@@ -252,6 +264,12 @@ def spy_torch_dropout(calls: list[str]):
     for name in _TORCH_DROPOUT_NAMES:
         wrap(torch, name, f"torch.{name}")
         wrap(torch._VF, name, "torch.nn.functional.dropout")
+    wrap(
+        F,
+        "scaled_dot_product_attention",
+        "torch.nn.functional.scaled_dot_product_attention(dropout_p > 0)",
+        _sdpa_drops,
+    )
     for cls in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout"):
         module_cls = getattr(torch.nn, cls, None)
         if module_cls is not None:

@@ -21,6 +21,7 @@ from .masks import (
     diagnose_drop_fraction,
     diagnose_eval,
     diagnose_scale,
+    independent_draws,
     make_input,
     unchanged,
 )
@@ -103,12 +104,13 @@ def _analyse(ctx, caller, v: Variant, p: float, seed: int = 0):
 def _effective_n(units: np.ndarray) -> int:
     """Number of independent mask draws behind ``units`` (fewer if the mask is shared; that mistake is
     diagnosed by the independence property, so the fraction test must not blame it on p)."""
-    rows = units.reshape(units.shape[0], -1)
-    if units.shape[0] > 1 and (rows == rows[0]).all():
-        return rows.shape[1]
-    if rows.shape[1] > 1 and (rows.all(axis=1) | (~rows).all(axis=1)).all():
-        return rows.shape[0]
-    return units.size
+    return independent_draws(units.reshape(units.shape[0], -1))
+
+
+def _nothing_dropped(x, y, units: np.ndarray, p: float) -> None:
+    """Fail if training mode changed nothing (before a shared mask that happened to keep all is blamed)."""
+    if not units.any() and torch.equal(y, x):
+        raise Fail(f"nothing is dropped at p={p:g} in training mode: the output equals the input")
 
 
 def _kept_ratios(x, y) -> np.ndarray:
@@ -126,7 +128,8 @@ def forward_properties(
 
     def drop_fraction(ctx):
         for p in p_values:
-            _, _, units = _analyse(ctx, caller, v, p)
+            x, y, units = _analyse(ctx, caller, v, p)
+            _nothing_dropped(x, y, units, p)
             diagnose_drop_fraction(float(units.mean()), p, _effective_n(units), v.unit)
 
     def scaling(ctx):
@@ -137,7 +140,14 @@ def forward_properties(
     def independent_masks(ctx):
         p = 0.5
         x, y, units = _analyse(ctx, caller, v, p, seed=0)
+        _nothing_dropped(x, y, units, p)
         rows = units.reshape(units.shape[0], -1)
+        if rows.shape[1] == 1 and units.shape[0] > 1 and (rows == rows[0]).all():
+            raise Fail(
+                f"one decision is shared by the whole batch: all {units.shape[0]} samples were "
+                f"{'dropped' if rows[0, 0] else 'kept'} together at p={p:g}; draw an independent mask value "
+                f"for each sample (a mask of shape {_mask_shape(v)})"
+            )
         if rows.shape[1] > 1:
             if (rows == rows[0]).all() and units.shape[0] > 1:
                 raise Fail(
@@ -250,6 +260,21 @@ def _mask_shape(v: Variant) -> str:
     return "(" + ", ".join(d if i in v.unit_dims else "1" for i, d in enumerate(dims)) + ")"
 
 
+def check_rejects_bad_p(ctx: CheckContext, build: Callable[[float], object], call_text: str) -> None:
+    """Fail unless ``build(p)`` (the learner's constructor, called through ``ctx.call``) raises ValueError for
+    p = -0.1 and 1.5; ``call_text`` shows the call, with ``{p}`` for the value."""
+    for bad in (-0.1, 1.5):
+        shown = call_text.format(p=bad)
+        try:
+            run = build(bad)
+        except Fail as exc:
+            if "ValueError" in str(exc):
+                continue
+            raise Fail(f"`{shown}` should raise ValueError, got: {exc}") from None
+        shown_run = repr(run) if "\n" not in repr(run) else f"it makes a {type(run).__name__}"
+        raise Fail(f"`{shown}` is accepted ({shown_run}); raise ValueError for p outside [0, 1]")
+
+
 def module_properties(v: Variant) -> list[Property]:
     """Forward properties of a learner's dropout *class* plus the module-specific ones."""
 
@@ -277,16 +302,7 @@ def module_properties(v: Variant) -> list[Property]:
             )
 
     def rejects_bad_p(ctx):
-        for bad in (-0.1, 1.5):
-            try:
-                run = ctx.call(ctx.candidate, bad)
-            except Fail as exc:
-                if "ValueError" in str(exc):
-                    continue
-                raise Fail(f"`{ctx.candidate.__name__}({bad})` should raise ValueError, got: {exc}") from None
-            raise Fail(
-                f"`{ctx.candidate.__name__}({bad})` is accepted ({run!r}); raise ValueError for p outside [0, 1]"
-            )
+        check_rejects_bad_p(ctx, lambda bad: ctx.call(ctx.candidate, bad), f"{ctx.candidate.__name__}({{p}})")
 
     props = [Property("is an nn.Module built from p", 1, is_module)]
     props += forward_properties(module_caller, v, is_module=True)

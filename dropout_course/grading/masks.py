@@ -77,6 +77,23 @@ def binomial_ok(fraction: float, p: float, n: int) -> bool:
     return abs(fraction - p) <= SIGMAS * sigma + 1e-9
 
 
+def independent_draws(dropped: np.ndarray) -> int:
+    """How many independent mask draws can lie behind the boolean array ``dropped``.
+
+    Its size, divided by the length of every axis (of length > 1) along which it is constant: a mask
+    shared by the whole batch, or one value per row, makes fewer draws than elements. The drop fraction is
+    then judged with the right binomial spread, and the sharing is diagnosed by the properties about it
+    rather than blamed on ``p``.
+    """
+    if dropped.size and dropped.ndim and (dropped == dropped.flat[0]).all():
+        return max(dropped.size // dropped.shape[0], 1)  # all alike: one mask shared by the batch at most
+    n = dropped.size
+    for axis, length in enumerate(dropped.shape):
+        if length > 1 and (dropped.all(axis=axis) == dropped.any(axis=axis)).all():
+            n //= length
+    return max(n, 1)
+
+
 def diagnose_drop_fraction(fraction: float, p: float, n: int, unit: str = "elements") -> None:
     """Fail with a diagnosis unless ``fraction`` of ``n`` independent units is consistent with ``p``."""
     if binomial_ok(fraction, p, n):
