@@ -281,6 +281,10 @@ def no_grad(q, k, v, p, training=True):
         return ok_rand(q, k, v, p, training)
 
 
+def casts_to_float32(q, k, v, p, training=True):
+    return ok_rand(q.float(), k.float(), v.float(), p, training)
+
+
 WRONG_ATTENTION = {
     before_softmax: ["dropout was applied before the softmax"],
     mask_scores_inf: ["renormalised (dropout before the softmax", "whole rows of weights are NaN"],
@@ -310,6 +314,7 @@ WRONG_ATTENTION = {
     swapped_return: ["returns (weights, output)"],
     transposed_weights: ["(..., T_k, T_q): transposed"],
     no_grad: ["the output is detached from autograd"],
+    casts_to_float32: ["wrong dtype: float64 inputs give torch.float32 output"],
 }
 
 
@@ -324,6 +329,21 @@ def test_wrong_attention_is_diagnosed(grader, fn):
         assert "PASS drops a fraction p of the attention weights" in text
     if fn in (no_sqrt_d, divided_by_d, softmax_wrong_dim):  # a softmax mistake is blamed once, not as scaling
         assert "PASS scales the kept weights" in text
+
+
+def three_dims_only(q, k, v, p, training=True):
+    """Transposes dims 1 and 2: right for (N, T, d) inputs, wrong with a head dimension (N, H, T, d)."""
+    w = torch.softmax(torch.bmm(q, k.transpose(1, 2)) / math.sqrt(q.shape[-1]), dim=-1)
+    if training:
+        w = _drop(w, p)
+    return w @ v, w
+
+
+def test_attention_for_3d_inputs_only_fails_the_hidden_check(grader):
+    result = grader.check("attention_with_dropout", three_dims_only)
+    assert result.passed, _text(result)
+    result = grader.check("attention_with_dropout_hidden", three_dims_only)
+    assert not result.passed and "`three_dims_only` raised RuntimeError" in _text(result)
 
 
 # --------------------------------------------------------------------------- drop_path
