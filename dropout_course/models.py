@@ -81,6 +81,10 @@ class MLP(nn.Module):
                 out.append(x)
         return out
 
+    def chain(self) -> list[nn.Module]:
+        """The forward pass as modules applied in order (used to share work across MC-dropout samples)."""
+        return [nn.Flatten(), self.input_dropout, *self.hidden, self.head]
+
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.hidden(self.input_dropout(x.flatten(1))))
 

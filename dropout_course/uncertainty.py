@@ -7,7 +7,8 @@ everywhere in the course, the probability of DROPPING a unit.
 * :func:`mc_dropout_mode`    context manager: the whole model in eval mode, only its dropout modules in
                              train mode (BatchNorm keeps using its running statistics).
 * :func:`mc_predict`         all ``T`` passes in ONE batched forward pass: the batch is repeated ``T``
-                             times, (T*N, ...) -> outputs reshaped to (T, N, ...).
+                             times, (T*N, ...) -> outputs reshaped to (T, N, ...); in a chain-shaped model
+                             (``nn.Sequential``, ``MLP``) the layers before the first dropout run once.
 * :func:`mc_predict_loop`    the naive reference: ``T`` separate forward passes.
 * :func:`expected_calibration_error`, :func:`reliability_diagram`   equal-width confidence bins.
 * :func:`predictive_entropy`, :func:`mutual_information`, :func:`auroc`   uncertainty scores and OOD.
@@ -148,15 +149,39 @@ def mc_predict(
             "would not be independent samples; use mc_predict_loop"
         )
     n = len(x)
+    prefix, suffix = _split_at_first_dropout(model)
     context = seeded(seed) if seed is not None else contextlib.nullcontext()
     with context, mc_dropout_mode(model):
+        for module in prefix:  # deterministic: the same for all T copies, so computed once
+            x = module(x)
         big = x.repeat(T, *([1] * (x.dim() - 1)))  # (T*N, ...): copy t of example i is row t*N + i
         if max_rows is None or len(big) <= max_rows:
-            out = model(big)
+            out = suffix(big)
         else:
-            out = torch.cat([model(chunk) for chunk in big.split(max_rows)])
+            out = torch.cat([suffix(chunk) for chunk in big.split(max_rows)])
     out = out.reshape(T, n, *out.shape[1:])  # (T*N, ...) -> (T, N, ...)
     return _finish(out, softmax)
+
+
+def _split_at_first_dropout(model: nn.Module) -> tuple[list[nn.Module], nn.Module]:
+    """(deterministic prefix, rest) of a chain-shaped model; ``([], model)`` for any other model.
+
+    A model is a chain if it is an ``nn.Sequential`` or has a ``chain()`` method returning the modules whose
+    composition is its ``forward`` (the course's ``MLP``). The prefix is the modules before the first one
+    holding a dropout module with ``p > 0``: its output is the same in all ``T`` passes, so
+    :func:`mc_predict` computes it once on (N, ...) and repeats only its result. The masks, and hence the
+    outputs for a given seed, are the same as when the whole input is repeated.
+    """
+    if isinstance(model, nn.Sequential):
+        modules = list(model)
+    elif callable(getattr(model, "chain", None)):
+        modules = list(model.chain())
+    else:
+        return [], model
+    for index, module in enumerate(modules):
+        if any(getattr(m, "p", 1.0) > 0 for m in dropout_modules(module)):
+            return modules[:index], nn.Sequential(*modules[index:])
+    return [], model
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from torch import nn
 
 from dropout_course.layers import DropConnectLinear, Dropout
 from dropout_course.models import MLP, ConvNet, ConvNetConfig, MLPConfig
+from dropout_course.training import seeded
 from dropout_course.uncertainty import (
     auroc,
     dropout_modules,
@@ -274,3 +275,37 @@ def test_auroc_matches_pairwise_count_with_ties():
     b = rng.integers(2, 8, size=30).astype(float)
     pairs = (b[None, :] > a[:, None]).mean() + 0.5 * (b[None, :] == a[:, None]).mean()
     assert auroc(a, b) == pytest.approx(pairs)
+
+
+def test_mlp_chain_composes_to_forward():
+    torch.manual_seed(0)
+    net = MLP(
+        MLPConfig(in_features=12, hidden=(8, 8), n_classes=3, input_dropout=0.2, hidden_dropout=0.5)
+    ).eval()
+    x = torch.rand(5, 3, 2, 2)
+    h = x
+    for module in net.chain():
+        h = module(h)
+    torch.testing.assert_close(h, net(x))
+
+
+@pytest.mark.parametrize("input_dropout", [0.0, 0.2])
+def test_layers_before_the_first_dropout_run_once_with_the_same_result(input_dropout):
+    torch.manual_seed(0)
+    net = MLP(
+        MLPConfig(
+            in_features=30, hidden=(16, 16), n_classes=4, input_dropout=input_dropout, hidden_dropout=0.5
+        )
+    )
+    x = torch.rand(7, 30)
+    rows_seen = []
+    hook = net.hidden[0].register_forward_hook(lambda m, i, o: rows_seen.append(len(i[0])))
+    fast = mc_predict(net, x, T=9, seed=3)
+    hook.remove()
+    torch.testing.assert_close(fast, mc_predict(net, x, T=9, seed=3))
+    assert rows_seen == [7 if input_dropout == 0 else 63]
+    if input_dropout == 0:  # same masks as the plain recipe (repeat the whole input): the prefix draws none
+        with seeded(3), torch.no_grad(), mc_dropout_mode(net):
+            reference = net(x.repeat(9, 1)).reshape(9, 7, 4)
+        torch.testing.assert_close(fast, reference)
+    assert not torch.allclose(fast[0], fast[1]), "the T samples must differ"
