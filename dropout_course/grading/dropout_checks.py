@@ -37,6 +37,10 @@ class Variant:
     unit: str = "elements"  # what one mask value drops, for messages
     not_constant_message: str = ""  # mask varies along a dim where it must be constant
     too_coarse_message: str = ""  # mask constant along a unit dim (other than the batch dim)
+    shared_message: str = ""  # every row (sample) has the same mask; default: "shared by the whole batch"
+    arg_name: str = "x"  # the function's input, for messages ("return x unchanged")
+    inplace_message: str = ""  # the input was modified in place; default: `x *= mask` advice
+    detached_message: str = ""  # the output is detached from autograd; default: about x
 
 
 ELEMENT = Variant("dropout_forward", (200, 100), (0, 1), "elements")
@@ -151,7 +155,8 @@ def forward_properties(
         if rows.shape[1] > 1:
             if (rows == rows[0]).all() and units.shape[0] > 1:
                 raise Fail(
-                    f"one mask is shared by the whole batch: every sample has the same {v.unit} dropped; "
+                    v.shared_message
+                    or f"one mask is shared by the whole batch: every sample has the same {v.unit} dropped; "
                     f"draw an independent mask value for each sample (a mask of shape {_mask_shape(v)})"
                 )
             if (rows.all(axis=1) | (~rows).all(axis=1)).all():
@@ -172,7 +177,8 @@ def forward_properties(
     def eval_identity(ctx):
         for p in (0.2, 0.5):
             x, y = _run(ctx, caller, v, p, training=False)
-            diagnose_eval(y, x, p, "in eval mode (training=False)" if not is_module else "in eval mode")
+            mode = "in eval mode (training=False)" if not is_module else "in eval mode"
+            diagnose_eval(y, x, p, mode, fix=f"return {v.arg_name} unchanged")
 
     def edge_cases(ctx):
         try:
@@ -196,7 +202,7 @@ def forward_properties(
     def no_inplace(ctx):
         _run(ctx, caller, v, p_values[0])
         for x, x_passed in ctx.cache.get("inplace", []):
-            unchanged(x, x_passed, "the input tensor")
+            unchanged(x, x_passed, "the input tensor", v.inplace_message)
 
     def dtype_device_grad(ctx):
         x, y = _run(ctx, caller, v, 0.3, dtype=torch.float64)
@@ -215,7 +221,8 @@ def forward_properties(
         y = as_tensor_output(y, x, v.fn_name)
         if not y.requires_grad:
             raise Fail(
-                "the output is detached from autograd (NumPy round trip, .detach() or .data on x?): "
+                v.detached_message
+                or "the output is detached from autograd (NumPy round trip, .detach() or .data on x?): "
                 "gradients cannot flow back through your dropout"
             )
         w = make_input(v.shape, 6)

@@ -1,14 +1,19 @@
-"""Grader of ``ex04_locked_dropout``: locked (variational) dropout for sequences.
+"""Grader of ``ex04_locked_dropout``: locked (variational) dropout for sequences, and weight drop.
 
 Checks: ``locked_dropout`` (``f(x, p, training=True)`` on batch-first ``(N, T, H)``: one mask per sequence
-and feature, shared by every time step), ``LockedDropout`` (an ``nn.Module`` class), and the hidden
-``locked_dropout_hidden`` (other sizes and p values).
+and feature, shared by every time step), ``LockedDropout`` (an ``nn.Module`` class), ``weight_drop``
+(``f(weight, p, training=True)``: DropConnect on a weight matrix, one mask value per weight),
+``WeightDropRNN`` (an ``nn.Module`` class ``WeightDropRNN(input_size, hidden_size, p)``: a tanh RNN over
+``(T, N, input)`` that samples ONE dropped ``W_hh`` per forward call and uses it at every step; its
+properties are in :mod:`.weight_drop_checks`), and the hidden ``locked_dropout_hidden``,
+``weight_drop_hidden`` and ``WeightDropRNN_hidden`` (other sizes and p values).
 """
 
 from __future__ import annotations
 
 from .core import CheckSpec, register
 from .dropout_checks import Variant, forward_properties, function_caller, module_properties
+from .weight_drop_checks import RNNCase, rnn_properties
 
 EXERCISE = "ex04_locked_dropout"
 
@@ -26,20 +31,88 @@ def _variant(name: str, shape=(64, 12, 40)) -> Variant:
     return Variant(name, shape, (0, 2), "features", _NOT_CONSTANT, _TOO_COARSE)
 
 
+def _hidden(properties):
+    """The statistical properties only (the mode and fresh-mask ones are graded by the visible check)."""
+    return [p for p in properties if not p.name.startswith(("a fresh", "is the identity"))]
+
+
 register(
     EXERCISE, CheckSpec("locked_dropout", forward_properties(function_caller, _variant("locked_dropout")))
 )
 register(EXERCISE, CheckSpec("LockedDropout", module_properties(_variant("LockedDropout"))))
+
+# --------------------------------------------------------------------------- weight drop
+
+_WEIGHT_MESSAGES = dict(
+    unit="weights",
+    arg_name="weight",
+    not_constant_message="",  # every dim is a unit dim: never used
+    too_coarse_message=(
+        "whole rows of the weight matrix are dropped (a mask of shape (out, 1)): that is dropout on the "
+        "layer's output units, not DropConnect; draw one mask value per weight, a mask of the weight's shape"
+    ),
+    shared_message=(
+        "every row of the weight matrix has the same entries dropped (a mask of shape (1, in) broadcast over "
+        "the rows): that drops input units, not single weights; draw one mask value per weight, a mask of "
+        "the weight's shape"
+    ),
+    inplace_message=(
+        "the weight was modified in place (e.g. `weight.data.mul_(mask)`, `weight *= mask` or "
+        "`weight[mask] = 0`): that destroys the trained weights, since dropped entries stay 0 for good and "
+        "kept ones grow by 1/(1-p) on every call; return a new tensor, `weight * mask / (1-p)`"
+    ),
+    detached_message=(
+        "the dropped weight is detached from autograd (`weight.data`, `.detach()`, a NumPy round trip or "
+        "torch.no_grad()?): no gradient would reach the raw weight, so it would never be trained"
+    ),
+)
+
+
+def _weight_variant(shape=(48, 40)) -> Variant:
+    return Variant("weight_drop", shape, (0, 1), **_WEIGHT_MESSAGES)
+
+
+register(EXERCISE, CheckSpec("weight_drop", forward_properties(function_caller, _weight_variant())))
+register(EXERCISE, CheckSpec("WeightDropRNN", rnn_properties(RNNCase())))
+
+# --------------------------------------------------------------------------- hidden checks
+
 register(
     EXERCISE,
     CheckSpec(
         "locked_dropout_hidden",
-        [
-            p
-            for p in forward_properties(
+        _hidden(
+            forward_properties(
                 function_caller, _variant("locked_dropout", (30, 25, 64)), p_values=(0.1, 0.85)
             )
-            if not p.name.startswith(("a fresh", "is the identity"))
+        ),
+        hidden=True,
+    ),
+)
+register(
+    EXERCISE,
+    CheckSpec(
+        "weight_drop_hidden",
+        _hidden(forward_properties(function_caller, _weight_variant((30, 90)), p_values=(0.1, 0.85))),
+        hidden=True,
+    ),
+)
+_RNN_HIDDEN = (
+    "samples ONE",
+    "drops a fraction",
+    "scales the kept",
+    "p=1",
+    "gradients reach",
+    "leaves weight_hh",
+)
+register(
+    EXERCISE,
+    CheckSpec(
+        "WeightDropRNN_hidden",
+        [
+            p
+            for p in rnn_properties(RNNCase(input_size=20, hidden_size=12, batch=100, steps=9), (0.1, 0.85))
+            if p.name.startswith(_RNN_HIDDEN)
         ],
         hidden=True,
     ),

@@ -141,8 +141,14 @@ def diagnose_scale(ratios: np.ndarray, p: float, what: str = "kept values") -> N
     raise Fail(f"{what} are scaled by {r:.4g}; expected 1/(1-p) = {target:.4g} at p={p:g}")
 
 
-def diagnose_eval(y, x, p: float, mode_text: str = "in eval mode") -> None:
-    """Fail unless ``y`` equals ``x`` (inverted dropout is the identity at test time)."""
+def diagnose_eval(
+    y, x, p: float, mode_text: str = "in eval mode", what: str = "outputs", fix: str = "return x unchanged"
+) -> None:
+    """Fail unless ``y`` equals ``x`` (inverted dropout is the identity at test time).
+
+    ``what`` names the values in the messages and ``fix`` says what to return instead (e.g. "weights",
+    "return weight unchanged" when ``y`` is a dropped weight matrix).
+    """
     a, b = to_numpy(y), to_numpy(x)
     if a.shape != b.shape:
         raise Fail(f"wrong shape {mode_text}: {a.shape} instead of {b.shape}")
@@ -150,29 +156,31 @@ def diagnose_eval(y, x, p: float, mode_text: str = "in eval mode") -> None:
         return
     zeros = float((a == 0).mean())
     if zeros > 0:
-        raise Fail(
-            f"dropout is still applied {mode_text}: {zeros:.0%} of the outputs are 0; return x unchanged"
-        )
+        raise Fail(f"dropout is still applied {mode_text}: {zeros:.0%} of the {what} are 0; {fix}")
     ratio = float(np.median(a / b))
     if abs(ratio - (1 - p)) < 1e-4:
         raise Fail(
             f"the output is scaled by (1-p) {mode_text}: that is the old, non-inverted dropout; with inverted "
-            "dropout the kept units were already divided by (1-p) in training, so return x unchanged"
+            f"dropout the kept units were already divided by (1-p) in training, so {fix}"
         )
     if abs(ratio - 1 / (1 - p)) < 1e-4:
-        raise Fail(f"rescaling by 1/(1-p) is still applied {mode_text}: return x unchanged")
+        raise Fail(f"rescaling by 1/(1-p) is still applied {mode_text}: {fix}")
     raise Fail(
-        f"the output differs from the input {mode_text} (median y/x = {ratio:.4g}); return x unchanged"
+        f"{'the output differs' if what == 'outputs' else f'the {what} differ'} from the input {mode_text} "
+        f"(median y/x = {ratio:.4g}); {fix}"
     )
 
 
-def unchanged(before, after, name: str = "the input") -> None:
+def unchanged(before, after, name: str = "the input", message: str = "") -> None:
+    """Fail unless ``after`` (what the learner's code got) still equals ``before``; ``message`` replaces the
+    default diagnosis (``{name} was modified in place ...``)."""
     if isinstance(before, torch.Tensor):
         same = torch.equal(before, after)
     else:
         same = np.array_equal(before, after)
     if not same:
         raise Fail(
-            f"{name} was modified in place (e.g. `x *= mask` or `x[mask] = 0`): the caller's tensor must stay "
+            message
+            or f"{name} was modified in place (e.g. `x *= mask` or `x[mask] = 0`): the caller's tensor must stay "
             "unchanged; compute a new tensor instead (`x * mask`)"
         )
