@@ -39,6 +39,7 @@ __all__ = [
     "Grader",
     "register",
     "CheckContext",
+    "one_thread_property",
 ]
 
 
@@ -62,6 +63,28 @@ class Property:
     name: str
     points: float
     test: Callable[[CheckContext], None]
+
+
+def one_thread_property(name: str, points: float, test: Callable[[CheckContext], None]) -> Property:
+    """A :class:`Property` whose test runs with torch on one thread (the count is restored after).
+
+    For checks that run tiny networks: on a busy 2-core machine multi-threaded kernels are 10-100x slower
+    than one thread for them.
+    """
+    import functools
+
+    import torch
+
+    @functools.wraps(test)
+    def on_one_thread(ctx):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return test(ctx)
+        finally:
+            torch.set_num_threads(threads)
+
+    return Property(name, points, on_one_thread)
 
 
 @dataclass

@@ -22,33 +22,14 @@ from torch import nn
 from ..layers import Dropout
 from ..uncertainty import mc_predict as reference_mc_predict
 from .calibration_checks import ece_properties
-from .core import CheckSpec, Fail, Property, register
+from .core import CheckSpec, Fail, register
+from .core import one_thread_property as _prop
 
 EXERCISE = "ex06_mc_dropout"
 Z_MAX = 5.5  # largest allowed |z| of a per-example, per-class mean over the T samples
 
 
 # --------------------------------------------------------------------------- mc_predict
-
-
-def _one_thread(test):
-    """Run a property test with torch on one thread (restored after): the test networks are tiny, and on a
-    busy 2-core machine multi-threaded kernels are 10-100x slower than one thread for them."""
-
-    @functools.wraps(test)
-    def wrapper(ctx):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return test(ctx)
-        finally:
-            torch.set_num_threads(threads)
-
-    return wrapper
-
-
-def _prop(name: str, points: float, test) -> Property:
-    return Property(name, points, _one_thread(test))
 
 
 def _model(kind: str = "course"):
@@ -77,9 +58,11 @@ def _reference_stats(kind: str, T: int = 3000):
 
 
 class _ForwardCounter:
-    def __init__(self, model: nn.Module) -> None:
+    """Batch sizes seen by the network's last layer (every way of running the network ends there)."""
+
+    def __init__(self, model: nn.Sequential) -> None:
         self.sizes: list[int] = []
-        self.handle = model.register_forward_pre_hook(lambda m, args: self.sizes.append(len(args[0])))
+        self.handle = model[-1].register_forward_pre_hook(lambda m, args: self.sizes.append(len(args[0])))
 
 
 def _run(ctx, kind: str = "course", T: int = 50, mode: bool = False):

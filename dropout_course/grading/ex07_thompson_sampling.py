@@ -9,38 +9,18 @@ so any correct implementation passes whatever the order of its random calls.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
 from torch import nn
 
-from .core import CheckSpec, Fail, Property, register
+from .core import CheckSpec, Fail, register
+from .core import one_thread_property as _prop
 
 EXERCISE = "ex07_thompson_sampling"
 N_CALLS = 400  # decisions sampled from the learner's thompson_action
 SIGMAS = 4.5  # per-action tolerance in binomial standard deviations
-
-
-def _one_thread(test):
-    """Run a property test with torch on one thread (restored after): the test networks are tiny, and on a
-    busy 2-core machine multi-threaded kernels are 10-100x slower than one thread for them."""
-
-    @functools.wraps(test)
-    def wrapper(ctx):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return test(ctx)
-        finally:
-            torch.set_num_threads(threads)
-
-    return wrapper
-
-
-def _prop(name: str, points: float, test) -> Property:
-    return Property(name, points, _one_thread(test))
 
 
 def _qnet(hidden_kind: str = "course"):
