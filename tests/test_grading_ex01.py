@@ -274,6 +274,23 @@ def test_grading_leaves_learner_state_alone(grader):
     assert torch._VF.dropout.__name__ == "dropout" and nn.Dropout.forward.__name__ == "forward"
 
 
+def test_checks_run_on_one_thread_and_restore_the_count(grader):
+    seen = []
+
+    def spy(x, p, training=True):
+        seen.append(torch.get_num_threads())
+        return ok_numpy(x, p, training)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grader.check("dropout_forward", spy)
+        assert seen and set(seen) == {1}, f"checks should run torch on one thread, saw {set(seen)}"
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_results_render_as_text_and_html(grader):
     result = grader.check("dropout_forward", scale_by_p)
     text, html = str(result), result._repr_html_()

@@ -39,7 +39,6 @@ __all__ = [
     "Grader",
     "register",
     "CheckContext",
-    "one_thread_property",
 ]
 
 
@@ -65,26 +64,21 @@ class Property:
     test: Callable[[CheckContext], None]
 
 
-def one_thread_property(name: str, points: float, test: Callable[[CheckContext], None]) -> Property:
-    """A :class:`Property` whose test runs with torch on one thread (the count is restored after).
+@contextmanager
+def one_torch_thread():
+    """Run a block with torch on one thread (the count is restored after).
 
-    For checks that run tiny networks: on a busy 2-core machine multi-threaded kernels are 10-100x slower
-    than one thread for them.
+    Checks run tiny tensors and networks: one thread is as fast for them, and on a busy 2-core machine
+    multi-threaded kernels are 10-100x slower.
     """
-    import functools
-
     import torch
 
-    @functools.wraps(test)
-    def on_one_thread(ctx):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return test(ctx)
-        finally:
-            torch.set_num_threads(threads)
-
-    return Property(name, points, on_one_thread)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -518,7 +512,7 @@ class Grader:
         for prop in spec.properties:
             passed, diagnosis = False, ""
             try:
-                with preserved_global_rngs(self.seed):
+                with preserved_global_rngs(self.seed), one_torch_thread():
                     prop.test(ctx)
                 passed = True
             except Fail as exc:

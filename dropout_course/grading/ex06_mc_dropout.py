@@ -22,8 +22,7 @@ from torch import nn
 from ..layers import Dropout
 from ..uncertainty import mc_predict as reference_mc_predict
 from .calibration_checks import ece_properties
-from .core import CheckSpec, Fail, register
-from .core import one_thread_property as _prop
+from .core import CheckSpec, Fail, Property, register
 
 EXERCISE = "ex06_mc_dropout"
 Z_MAX = 5.5  # largest allowed |z| of a per-example, per-class mean over the T samples
@@ -188,12 +187,14 @@ register(
     CheckSpec(
         "mc_predict",
         [
-            _prop("returns a tensor of shape (T, N, C)", 2, _shape),
-            _prop("returns probabilities (softmax over the classes)", 1, _probabilities),
-            _prop("dropout is on: the T samples differ", 2, _dropout_on),
-            _prop("samples have MC dropout's mean; BatchNorm keeps its running statistics", 2, _distribution),
-            _prop("restores the train/eval mode of every module", 1, _restores),
-            _prop("one batched forward pass (no Python loop over T)", 1, _vectorised),
+            Property("returns a tensor of shape (T, N, C)", 2, _shape),
+            Property("returns probabilities (softmax over the classes)", 1, _probabilities),
+            Property("dropout is on: the T samples differ", 2, _dropout_on),
+            Property(
+                "samples have MC dropout's mean; BatchNorm keeps its running statistics", 2, _distribution
+            ),
+            Property("restores the train/eval mode of every module", 1, _restores),
+            Property("one batched forward pass (no Python loop over T)", 1, _vectorised),
         ],
     ),
 )
@@ -202,10 +203,10 @@ register(
     CheckSpec(
         "mc_predict_hidden",
         [
-            _prop("shape (T, N, C), torch nn.Dropout network", 1, lambda c: _shape(c, "torch")),
-            _prop("probabilities", 1, lambda c: _probabilities(c, "torch")),
-            _prop("MC dropout's mean, BatchNorm in eval mode", 2, lambda c: _distribution(c, "torch")),
-            _prop("modes restored", 1, lambda c: _restores(c, "torch")),
+            Property("shape (T, N, C), torch nn.Dropout network", 1, lambda c: _shape(c, "torch")),
+            Property("probabilities", 1, lambda c: _probabilities(c, "torch")),
+            Property("MC dropout's mean, BatchNorm in eval mode", 2, lambda c: _distribution(c, "torch")),
+            Property("modes restored", 1, lambda c: _restores(c, "torch")),
         ],
         hidden=True,
     ),

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import CheckSpec, Fail, register
-from .core import one_thread_property as _prop
+from .core import CheckSpec, Fail, Property, register
 
 EXERCISE = "ex07_thompson_sampling"
 N_CALLS = 400  # decisions sampled from the learner's thompson_action
@@ -142,9 +141,9 @@ register(
     CheckSpec(
         "greedy_action",
         [
-            _prop("returns a Python int", 1, _returns_int),
-            _prop("is the argmax of the Q-values with dropout off", 2, _greedy_is_argmax),
-            _prop("restores the network's train/eval mode", 1, _restores_mode),
+            Property("returns a Python int", 1, _returns_int),
+            Property("is the argmax of the Q-values with dropout off", 2, _greedy_is_argmax),
+            Property("restores the network's train/eval mode", 1, _restores_mode),
         ],
     ),
 )
@@ -230,10 +229,12 @@ register(
     CheckSpec(
         "thompson_action",
         [
-            _prop("returns a Python int", 1, _returns_int),
-            _prop("samples: a fresh dropout mask on every call", 2, _thompson_varies),
-            _prop("chooses actions with the frequencies of one mask per decision", 2, _thompson_distribution),
-            _prop("restores the network's train/eval mode", 1, _restores_mode),
+            Property("returns a Python int", 1, _returns_int),
+            Property("samples: a fresh dropout mask on every call", 2, _thompson_varies),
+            Property(
+                "chooses actions with the frequencies of one mask per decision", 2, _thompson_distribution
+            ),
+            Property("restores the network's train/eval mode", 1, _restores_mode),
         ],
     ),
 )
@@ -243,13 +244,15 @@ register(
     CheckSpec(
         "thompson_action_hidden",
         [
-            _prop("returns a Python int (torch nn.Dropout network)", 1, lambda c: _returns_int(c, "torch")),
-            _prop(
+            Property(
+                "returns a Python int (torch nn.Dropout network)", 1, lambda c: _returns_int(c, "torch")
+            ),
+            Property(
                 "frequencies of one mask per decision (4 actions)",
                 2,
                 lambda c: _thompson_distribution(c, "torch"),
             ),
-            _prop("restores the network's train/eval mode", 1, lambda c: _restores_mode(c, "torch")),
+            Property("restores the network's train/eval mode", 1, lambda c: _restores_mode(c, "torch")),
         ],
         hidden=True,
     ),
