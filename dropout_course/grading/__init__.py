@@ -8,6 +8,7 @@ from .core import CheckResult, Grader
 # exercise id (the assignment folder under exercises/source/) -> grader module in this package
 EXERCISES = {
     "ex01_inverted_dropout": "ex01_inverted_dropout",
+    "ex02_regularize_mlp": "ex02_regularize_mlp",
     "ex03_spatial_dropout": "ex03_spatial_dropout",
     "ex04_locked_dropout": "ex04_locked_dropout",
     "ex05_attention_dropout": "ex05_attention_dropout",
