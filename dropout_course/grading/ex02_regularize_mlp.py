@@ -25,12 +25,11 @@ from __future__ import annotations
 import copy
 import functools
 
-import torch
 from torch import nn
 
 from ..data import load_mnist
 from ..training import evaluate, fit, seeded
-from .core import CheckSpec, Fail, Property, register
+from .core import CheckSpec, Fail, Property, one_torch_thread, register
 from .mlp_structure import (
     HIDDEN,
     IN_FEATURES,
@@ -41,7 +40,6 @@ from .mlp_structure import (
     hidden_sites,
     keeps_layers,
     not_on_logits,
-    one_thread,
     returns_module,
     sensible_p,
     trace_sites,
@@ -59,10 +57,6 @@ MAX_TRAIN_LOSS = 0.25  # a mean final training loss above this is under-fitting 
 TRAIN_TIME_LIMIT = 60.0  # seconds one training run of the learner's model may take (plain: ~2 s)
 
 __all__ = ["plain_mlp", "plain_run", "trace_sites", "DIAGNOSES", "EXERCISE", "FIT", "N_TRAIN"]
-
-
-def _prop(name: str, points: float, test) -> Property:
-    return Property(name, points, one_thread(test))
 
 
 def plain_mlp() -> nn.Sequential:
@@ -176,12 +170,12 @@ register(
     CheckSpec(
         "make_regularized_mlp",
         [
-            _prop("returns a new nn.Module mapping (N, 784) images to (N, 10) logits", 1, returns_module),
-            _prop("keeps the plain network's layers: Linear 784 -> 256 -> 256 -> 10", 1, keeps_layers),
-            _prop("dropout after every hidden layer's activation", 2, hidden_sites),
-            _prop("no dropout on the output logits", 1, not_on_logits),
-            _prop("drop probabilities in a sensible range (p = probability of dropping)", 2, sensible_p),
-            _prop("drops in train mode, deterministic in eval mode", 1, train_eval),
+            Property("returns a new nn.Module mapping (N, 784) images to (N, 10) logits", 1, returns_module),
+            Property("keeps the plain network's layers: Linear 784 -> 256 -> 256 -> 10", 1, keeps_layers),
+            Property("dropout after every hidden layer's activation", 2, hidden_sites),
+            Property("no dropout on the output logits", 1, not_on_logits),
+            Property("drop probabilities in a sensible range (p = probability of dropping)", 2, sensible_p),
+            Property("drops in train mode, deterministic in eval mode", 1, train_eval),
         ],
         description="structure of make_regularized_mlp(seed)",
     ),
@@ -211,14 +205,9 @@ def _final(model: nn.Module, data_seed: int, seed: int) -> tuple[float, float, f
 @functools.lru_cache(maxsize=8)
 def plain_run(data_seed: int, seed: int) -> tuple[float, float, float]:
     """The plain network's final (train loss, val loss, val accuracy) for one split and seed (cached)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with seeded(seed):
-            model = plain_mlp()
+    with one_torch_thread(), seeded(seed):  # the same thread count as the learner's runs in a check
+        model = plain_mlp()
         return _final(model, data_seed, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _learner_runs(ctx, data_seed: int, seeds: tuple[int, ...]) -> list[tuple[float, float, float]]:
@@ -319,12 +308,12 @@ register(
     CheckSpec(
         "validation_improvement",
         [
-            _prop(
+            Property(
                 f"lowers the plain network's validation loss by >= {REL_MARGIN:.0%} (mean of 2 seeds)",
                 4,
                 _improves(*VISIBLE),
             ),
-            _prop("still fits the training data (no under-fitting)", 1, _fits_training_data(*VISIBLE)),
+            Property("still fits the training data (no under-fitting)", 1, _fits_training_data(*VISIBLE)),
         ],
         description="trained against the plain network, same data, seeds and epochs",
     ),
@@ -334,8 +323,8 @@ register(
     CheckSpec(
         "validation_improvement_hidden",
         [
-            _prop("lowers the validation loss on another split and seeds", 2, _improves(*HIDDEN_RUNS)),
-            _prop("still fits the training data there", 1, _fits_training_data(*HIDDEN_RUNS)),
+            Property("lowers the validation loss on another split and seeds", 2, _improves(*HIDDEN_RUNS)),
+            Property("still fits the training data there", 1, _fits_training_data(*HIDDEN_RUNS)),
         ],
         hidden=True,
         description="another data split, other seeds",

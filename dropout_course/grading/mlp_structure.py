@@ -29,7 +29,6 @@ MAX_INPUT_P = 0.5  # more input dropout than this throws away most of every digi
 
 __all__ = [
     "trace_sites",
-    "one_thread",
     "build_model",
     "learner_model",
     "dropout_sites",
@@ -41,22 +40,6 @@ __all__ = [
     "sensible_p",
     "train_eval",
 ]
-
-
-def one_thread(test):
-    """Run a property test with torch on one thread (restored after): graders run single-threaded, and on a
-    busy 2-core machine these small networks are as fast on one thread as on two."""
-
-    @functools.wraps(test)
-    def wrapper(ctx):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return test(ctx)
-        finally:
-            torch.set_num_threads(threads)
-
-    return wrapper
 
 
 def _is_dropout(module: nn.Module) -> bool:
