@@ -47,8 +47,10 @@ def bench_dropout(n: int = 1_000_000, p: float = 0.5) -> float:
 
     t_ours, t_ref = best_of(ours), best_of(reference)
     ratio = t_ours / t_ref
-    print(f"dropout fwd+bwd on {n:,} elements: ours {t_ours * 1e3:.2f} ms, torch {t_ref * 1e3:.2f} ms, "
-          f"ratio {ratio:.2f} (target <= 1.3)")
+    print(
+        f"dropout fwd+bwd on {n:,} elements: ours {t_ours * 1e3:.2f} ms, torch {t_ref * 1e3:.2f} ms, "
+        f"ratio {ratio:.2f} (target <= 1.3)"
+    )
     return ratio
 
 
@@ -74,7 +76,16 @@ def bench_fit(epochs: int = 3, repeats: int = 3) -> float:
     def run_fit():
         with seeded(0):
             model = MLP(config)
-        fit(model, data.train, epochs=epochs, batch_size=64, lr=1e-3, measure_train=False, progress=False, seed=0)
+        fit(
+            model,
+            data.train,
+            epochs=epochs,
+            batch_size=64,
+            lr=1e-3,
+            measure_train=False,
+            progress=False,
+            seed=0,
+        )
 
     def run_bare():
         with seeded(0):
@@ -84,17 +95,25 @@ def bench_fit(epochs: int = 3, repeats: int = 3) -> float:
     t_fit = best_of(run_fit, repeats=repeats, number=1)
     t_bare = best_of(run_bare, repeats=repeats, number=1)
     ratio = t_fit / t_bare
-    print(f"fit() vs bare loop, MLP 784-256-256-10, 4,000 images x {epochs} epochs: fit {t_fit:.2f} s, "
-          f"bare {t_bare:.2f} s, ratio {ratio:.3f} (target <= 1.05)")
+    print(
+        f"fit() vs bare loop, MLP 784-256-256-10, 4,000 images x {epochs} epochs: fit {t_fit:.2f} s, "
+        f"bare {t_bare:.2f} s, ratio {ratio:.3f} (target <= 1.05)"
+    )
     return ratio
 
 
 def bench_import() -> float:
-    code = ("import time, torch; t = time.perf_counter(); import dropout_course, dropout_course.layers, "
-            "dropout_course.models, dropout_course.training, dropout_course.data; "
-            "print(time.perf_counter() - t)")
-    seconds = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    print(f"import dropout_course (+ layers, models, training, data) after torch: {seconds:.2f} s (target < 2 s)")
+    code = (
+        "import time, torch; t = time.perf_counter(); import dropout_course, dropout_course.layers, "
+        "dropout_course.models, dropout_course.training, dropout_course.data; "
+        "print(time.perf_counter() - t)"
+    )
+    seconds = float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    print(
+        f"import dropout_course (+ layers, models, training, data) after torch: {seconds:.2f} s (target < 2 s)"
+    )
     return seconds
 
 

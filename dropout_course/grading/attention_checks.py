@@ -376,12 +376,9 @@ def attention_properties(case: AttentionCase, p_values=(0.2, 0.7), hidden: bool 
 
     def no_torch_dropout(ctx):
         _run(ctx, case, p_values[0])
-        if ctx.torch_dropout_calls:
-            used = sorted(set(ctx.torch_dropout_calls))
-            raise Fail(
-                f"calls torch's own dropout ({', '.join(used)}): the exercise is to write the mask yourself, "
-                "e.g. with torch.rand_like or torch.bernoulli"
-            )
+        ctx.fail_if_torch_dropout(
+            "the exercise is to write the mask yourself, e.g. with torch.rand_like or torch.bernoulli"
+        )
 
     props = [
         Property(

@@ -81,6 +81,13 @@ def one_torch_thread():
         torch.set_num_threads(threads)
 
 
+def fail_if_torch_dropout_module(module, verb: str, fix: str) -> None:
+    """Raise :class:`Fail` if ``module`` holds one of torch's own dropout modules: "<verb> torch's X: <fix>"."""
+    for sub in module.modules():
+        if sub is not module and type(sub).__module__.startswith("torch.nn.modules.dropout"):
+            raise Fail(f"{verb} torch's {type(sub).__name__}: {fix}")
+
+
 @dataclass
 class CheckSpec:
     """A registered check: its name, its properties, and whether it is hidden from learners."""
@@ -384,6 +391,12 @@ class CheckContext:
         self.cache: dict = {}
         self.torch_dropout_calls: list[str] = []
         self.timed_out = ""
+
+    def fail_if_torch_dropout(self, fix: str) -> None:
+        """Raise :class:`Fail` naming torch's dropout functions the learner's code called, then ``fix``."""
+        if self.torch_dropout_calls:
+            used = ", ".join(sorted(set(self.torch_dropout_calls)))
+            raise Fail(f"calls torch's own dropout ({used}): {fix}")
 
     def call(self, fn, *args, copy_args: bool = True, **kwargs):
         """Call learner code safely: deep-copied arguments, time limit, spying on torch's dropout.

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import CheckContext, Fail, Property
+from .core import CheckContext, Fail, Property, fail_if_torch_dropout_module
 from .masks import (
     as_tensor_output,
     check_finite,
@@ -236,12 +236,9 @@ def forward_properties(
 
     def no_torch_dropout(ctx):
         _run(ctx, caller, v, p_values[0])
-        if ctx.torch_dropout_calls:
-            used = sorted(set(ctx.torch_dropout_calls))
-            raise Fail(
-                f"calls torch's own dropout ({', '.join(used)}): the exercise is to write the mask "
-                "yourself, e.g. with torch.rand_like or torch.bernoulli"
-            )
+        ctx.fail_if_torch_dropout(
+            "the exercise is to write the mask yourself, e.g. with torch.rand_like or torch.bernoulli"
+        )
 
     return [
         Property(f"returns a tensor of the input's shape {v.shape}", 1, returns_tensor),
@@ -290,9 +287,7 @@ def module_properties(v: Variant) -> list[Property]:
         if not isinstance(cls, type) or not issubclass(cls, nn.Module):
             raise Fail(f"expected a class derived from torch.nn.Module, got {type(cls).__name__} {cls!r}")
         module = ctx.call(cls, 0.3)
-        for sub in module.modules():
-            if sub is not module and type(sub).__module__.startswith("torch.nn.modules.dropout"):
-                raise Fail(f"wraps torch's {type(sub).__name__}: write the dropout yourself")
+        fail_if_torch_dropout_module(module, "wraps", "write the dropout yourself")
 
     def train_eval_toggle(ctx):
         module = ctx.call(ctx.candidate, 0.5)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .attention_checks import AttentionCase, attention_properties
-from .core import CheckContext, CheckSpec, Fail, Property, register
+from .core import CheckContext, CheckSpec, Fail, Property, fail_if_torch_dropout_module, register
 from .dropout_checks import Variant, check_rejects_bad_p, forward_properties, function_caller
 from .masks import (
     as_tensor_output,
@@ -149,9 +149,7 @@ def _residual_properties() -> list[Property]:
                 "the branch is not registered as a submodule, so its parameters are not in "
                 "block.parameters() and would never be trained: assign it in __init__, `self.branch = branch`"
             )
-        for sub in block.modules():
-            if type(sub).__module__.startswith("torch.nn.modules.dropout"):
-                raise Fail(f"uses torch's {type(sub).__name__}: write DropPath yourself")
+        fail_if_torch_dropout_module(block, "uses", "write DropPath yourself")
 
     def train_eval(ctx):
         p = 0.5
@@ -241,9 +239,7 @@ def _residual_properties() -> list[Property]:
 
     def no_torch_dropout(ctx):
         _block_run(ctx, 0.2)
-        if ctx.torch_dropout_calls:
-            used = sorted(set(ctx.torch_dropout_calls))
-            raise Fail(f"calls torch's own dropout ({', '.join(used)}): write DropPath's mask yourself")
+        ctx.fail_if_torch_dropout("write DropPath's mask yourself")
 
     return [
         Property("is an nn.Module that registers its branch", 1, is_module),

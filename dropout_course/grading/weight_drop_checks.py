@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .core import CheckContext, Fail, Property
+from .core import CheckContext, Fail, Property, fail_if_torch_dropout_module
 from .dropout_checks import check_rejects_bad_p
 from .masks import (
     as_tensor_output,
@@ -179,9 +179,7 @@ def rnn_properties(case: RNNCase, p_values=(0.2, 0.7)) -> list[Property]:
                 f"unexpected parameters {', '.join(extra)}: this RNN has exactly two, weight_ih and weight_hh "
                 "(no bias)"
             )
-        for sub in module.modules():
-            if type(sub).__module__.startswith("torch.nn.modules.dropout"):
-                raise Fail(f"uses torch's {type(sub).__name__}: write the weight mask yourself")
+        fail_if_torch_dropout_module(module, "uses", "write the weight mask yourself")
 
     def eval_and_train(ctx):
         p = 0.5
@@ -328,12 +326,7 @@ def rnn_properties(case: RNNCase, p_values=(0.2, 0.7)) -> list[Property]:
 
     def no_torch_dropout(ctx):
         run_even_if_wrong(ctx)
-        if ctx.torch_dropout_calls:
-            used = sorted(set(ctx.torch_dropout_calls))
-            raise Fail(
-                f"calls torch's own dropout ({', '.join(used)}): write the weight mask yourself, e.g. with "
-                "torch.rand_like(weight) >= p"
-            )
+        ctx.fail_if_torch_dropout("write the weight mask yourself, e.g. with torch.rand_like(weight) >= p")
 
     return [
         Property("is an nn.Module with parameters weight_ih and weight_hh", 1, is_module),
