@@ -1,7 +1,7 @@
 """Benchmark: vectorised MC dropout (one batched pass) against the naive loop of T passes, at T=50.
 
 Run: ``python benchmarks/bench_mc_dropout.py``. Prints the median wall time of each and the speed ratio
-for the course's MC-dropout workloads: the 1-D regression grid of notebook 08 and an MNIST MLP on one
+for the course's MC-dropout workloads: the 1-D regression grid of notebook 07 and an MNIST MLP on one
 image, a small batch and the 500-image test set. A script, not a test: timings depend on the machine and
 its load. The batched pass saves the per-call overhead of T forward passes, so the gain is largest for
 small inputs (one image, a 16-image batch) and shrinks when one pass is already a large matrix product.
