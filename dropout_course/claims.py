@@ -211,7 +211,9 @@ class PublishedResult:
 
     @property
     def line(self) -> str:
-        return f"{PUBLISHED_PREFIX} {self.id} | {self.source} | {self.result} | {self.status} | {self.measured}"
+        return (
+            f"{PUBLISHED_PREFIX} {self.id} | {self.source} | {self.result} | {self.status} | {self.measured}"
+        )
 
 
 def report_published(result_id: str, source: str, result: str, status: str, measured: str) -> str:
@@ -261,7 +263,12 @@ def parse_published(text: str, notebook: str = "") -> list[PublishedResult]:
         if not line.startswith(PUBLISHED_PREFIX):
             continue
         fields = [f.strip() for f in line[len(PUBLISHED_PREFIX) :].split("|")]
-        if len(fields) != 5 or not _ID.match(fields[0]) or fields[3] not in PUBLISHED_STATUSES or not all(fields):
+        if (
+            len(fields) != 5
+            or not _ID.match(fields[0])
+            or fields[3] not in PUBLISHED_STATUSES
+            or not all(fields)
+        ):
             where = f" in {notebook}" if notebook else ""
             raise ValueError(
                 f"malformed published-result line{where}: {line!r}; expected "

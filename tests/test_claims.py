@@ -10,13 +10,20 @@ import pytest
 
 from dropout_course.claims import (
     END,
+    PUBLISHED_END,
+    PUBLISHED_START,
     START,
     Claim,
+    PublishedResult,
     claims_from_notebook,
     parse_claims,
+    parse_published,
+    published_from_notebook,
+    render_published_table,
     render_table,
     replace_section,
     report_claim,
+    report_published,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +112,60 @@ def test_replace_section_is_idempotent_and_strict():
             replace_section(broken, "x")
 
 
+def test_report_published_prints_a_line_that_parses_back(capsys):
+    line = report_published(
+        "fig10",
+        "Srivastava et al. 2014, Fig. 10",
+        "gain peaks at medium sizes",
+        "not reproduced",
+        "0.1 / 0.2",
+    )
+    assert capsys.readouterr().out == line + "\n"
+    assert parse_published(line, "09_x.ipynb") == [
+        PublishedResult(
+            "fig10",
+            "Srivastava et al. 2014, Fig. 10",
+            "gain peaks at medium sizes",
+            "not reproduced",
+            "0.1 / 0.2",
+            "09_x.ipynb",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("Fig 10", "s", "r", "reproduced", "m"), "result_id"),
+        (("f", "s", "r", "sort of", "m"), "status must be one of.*'sort of'"),
+        (("f", "s | t", "r", "reproduced", "m"), "source"),
+        (("f", "s", "r", "reproduced", ""), "measured must not be empty"),
+    ],
+)
+def test_report_published_rejects_bad_fields(args, message):
+    with pytest.raises(ValueError, match=message):
+        report_published(*args)
+
+
+def test_parse_published_is_strict_and_ids_are_unique():
+    with pytest.raises(ValueError, match="malformed published-result line in 04.ipynb"):
+        parse_published("PUBLISHED: a | s | r | maybe | m", "04.ipynb")
+    with pytest.raises(ValueError, match="malformed"):
+        parse_published("PUBLISHED: a | s | r | reproduced")
+    twice = executed_notebook(
+        ["PUBLISHED: a | s | r | reproduced | m\n"], ["PUBLISHED: a | s | r | partly reproduced | m\n"]
+    )
+    with pytest.raises(ValueError, match="'a'"):
+        published_from_notebook(twice, "x")
+
+
+def test_render_published_table():
+    row = PublishedResult("a", "Hinton 2012", "input | hidden", "partly reproduced", "-0.02", "02_o.ipynb")
+    assert render_published_table([row], {"02_o.ipynb": "02 O"}).splitlines()[2] == (
+        r"| Hinton 2012 | input \| hidden | partly reproduced | -0.02 | [02 O](notebooks/02_o.ipynb) |"
+    )
+
+
 def test_script_end_to_end(tmp_path):
     """Execute a small notebook whose assert passes and reports its claim: the README gets the table and
     --check on the saved executed copy passes; a failing notebook leaves the README untouched, exit 1."""
@@ -117,11 +178,17 @@ def test_script_end_to_end(tmp_path):
             "assert gap < 0.1, f'gap {gap}'\n"
             "report_claim('gap-small', 'the gap is small', f'gap {gap:.2f} < 0.1')"
         ),
+        nbformat.v4.new_code_cell(
+            "from dropout_course.claims import report_published\n"
+            "report_published('fig1', 'Someone 2020, Fig. 1', 'gaps are small', 'reproduced', 'gap 0.05')"
+        ),
     ]
     good = tmp_path / "99_tiny.ipynb"
     nbformat.write(nb, good)
     readme = tmp_path / "README.md"
-    readme.write_text(f"# Course\n\n## Claims and evidence\n\n{START}\n{END}\n")
+    readme.write_text(
+        f"# Course\n\n## Claims and evidence\n\n{START}\n{END}\n\n{PUBLISHED_START}\n{PUBLISHED_END}\n"
+    )
     script = [sys.executable, str(ROOT / "scripts" / "claims_table.py"), "--readme", str(readme)]
     out = tmp_path / "executed"
     run = subprocess.run(
@@ -131,6 +198,10 @@ def test_script_end_to_end(tmp_path):
     text = readme.read_text()
     assert "| [99 Tiny claims](notebooks/99_tiny.ipynb) | the gap is small | gap 0.05 < 0.1 |" in text
     assert "1 claims from 1 notebooks" in text
+    assert (
+        "| Someone 2020, Fig. 1 | gaps are small | reproduced | gap 0.05 | [99 Tiny claims](notebooks/99_tiny.ipynb) |"
+        in text
+    )
     check = subprocess.run(
         [*script, "--check", "--executed", str(out), str(good)],
         capture_output=True,
