@@ -22,6 +22,7 @@ __all__ = [
     "dropout",
     "Dropout",
     "SpatialDropout",
+    "DropBlock",
     "LockedDropout",
     "GaussianDropout",
     "DropPath",
@@ -169,6 +170,91 @@ class SpatialDropout(_DropoutBase):
             raise ValueError(f"SpatialDropout expects input of shape (N, C, ...), got shape {tuple(x.shape)}")
         mask_shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
         return _masked(x, self.p, mask_shape, self.training, self.generator)
+
+
+class DropBlock(_DropoutBase):
+    r"""DropBlock: drops square blocks of feature maps; ``p`` is the probability of dropping an activation.
+
+    Element-wise dropout on a conv feature map is easily undone: a dropped activation is still present in
+    its neighbours. DropBlock (Ghiasi et al. 2018) samples block *centres* independently per (sample, channel) with rate
+    :math:`\gamma`, only where the whole block fits, and grows each centre to a :math:`b \times b` block
+    (a max-pool of the centres). With :math:`b` = ``block_size`` and a map of size :math:`H \times W`,
+
+    .. math::
+        \gamma = \frac{p}{b^2} \, \frac{H W}{(H - b + 1)(W - b + 1)}, \qquad
+        M = 1 - \operatorname{maxpool}_{b \times b}(Z), \quad Z_{n,c,i,j} \sim \mathrm{Bernoulli}(\gamma),
+
+    .. math::
+        y = x \odot M \, \frac{\operatorname{numel}(M)}{\sum M},
+
+    so each centre removes about :math:`b^2` activations and a fraction close to :math:`p` is dropped (a
+    little less, because neighbouring blocks can overlap). The kept activations are rescaled by the
+    measured keep fraction of the whole mask, as in the paper, so the output keeps the input's scale.
+    ``block_size = 1`` is element-wise dropout; in eval mode the layer is the identity.
+
+    Args:
+        p: probability of dropping an activation, in [0, 1]. Default: 0.1.
+        block_size: width :math:`b` of the square blocks, a positive odd int (the block is centred on its
+            centre pixel). Must not exceed the feature map's height or width. Default: 3.
+        generator: optional ``torch.Generator`` for the block centres.
+
+    Shape:
+        Input: :math:`(N, C, H, W)` with :math:`H, W \geq` ``block_size``. Output: same shape.
+
+    Examples:
+        >>> layer = DropBlock(p=0.3, block_size=3, generator=torch.Generator().manual_seed(0))
+        >>> y = layer(torch.ones(2, 4, 12, 12))
+        >>> y.shape
+        torch.Size([2, 4, 12, 12])
+        >>> 0.15 < (y == 0).float().mean().item() < 0.35
+        True
+        >>> _ = layer.eval(); torch.equal(layer(y), y)
+        True
+    """
+
+    def __init__(self, p: float = 0.1, block_size: int = 3, generator: torch.Generator | None = None) -> None:
+        super().__init__(p, generator)
+        odd = isinstance(block_size, int) and not isinstance(block_size, bool) and block_size % 2 == 1
+        if not odd or block_size < 1:
+            raise ValueError(f"block_size must be a positive odd int, got {block_size!r}")
+        self.block_size = block_size
+
+    def gamma(self, height: int, width: int) -> float:
+        """Rate of block centres that drops a fraction ``p`` of an ``height x width`` map (capped at 1)."""
+        b = self.block_size
+        return min(1.0, self.p / b**2 * (height * width) / ((height - b + 1) * (width - b + 1)))
+
+    def mask(self, shape, like: Tensor | None = None) -> Tensor:
+        """A keep-mask of ``shape`` (N, C, H, W): 0 inside the dropped blocks, 1 elsewhere (not rescaled)."""
+        n, c, h, w = shape
+        b = self.block_size
+        if b > min(h, w):
+            raise ValueError(f"block_size={b} is larger than the feature map ({h} x {w})")
+        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        device = like.device if like is not None else None
+        r = b // 2
+        centres = torch.zeros(shape, dtype=dtype, device=device)
+        sampled = torch.empty((n, c, h - b + 1, w - b + 1), dtype=dtype, device=device)
+        centres[:, :, r : h - r, r : w - r] = sampled.bernoulli_(self.gamma(h, w), generator=self.generator)
+        return 1.0 - nn.functional.max_pool2d(centres, b, stride=1, padding=r)  # grow centres to blocks
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_tensor(x)
+        if x.dim() != 4:
+            raise ValueError(f"DropBlock expects input of shape (N, C, H, W), got shape {tuple(x.shape)}")
+        if self.block_size > min(x.shape[2], x.shape[3]):
+            raise ValueError(
+                f"block_size={self.block_size} is larger than the feature map ({x.shape[2]} x {x.shape[3]})"
+            )
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return x * 0.0
+        keep = self.mask(x.shape, like=x)
+        return x * keep * (keep.numel() / keep.sum().clamp(min=1.0))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, block_size={self.block_size}"
 
 
 class LockedDropout(_DropoutBase):

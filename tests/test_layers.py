@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dropout_course.layers import (
+    DropBlock,
     DropConnectLinear,
     Dropout,
     DropPath,
@@ -288,3 +289,85 @@ def test_numpy_pair_bad_input():
     x = np.ones(5)
     dropout_forward_numpy(x, 0.5, "train", 0)
     assert np.array_equal(x, np.ones(5))
+
+
+# --------------------------------------------------------------------------- DropBlock (notebook 04)
+
+
+def _reference_dropblock_mask(shape, gamma, block_size, generator):
+    """Loop reference: sample centres where the block fits, zero a b x b square around each."""
+    n, c, h, w = shape
+    centres = torch.empty((n, c, h - block_size + 1, w - block_size + 1)).bernoulli_(
+        gamma, generator=generator
+    )
+    keep = torch.ones(shape)
+    for i, j, y, x in centres.nonzero().tolist():
+        keep[i, j, y : y + block_size, x : x + block_size] = 0.0  # centre (y + r, x + r)
+    return keep
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 5])
+def test_dropblock_mask_matches_loop_reference(block_size):
+    layer = DropBlock(0.3, block_size, generator=gen(20))
+    fast = layer.mask((3, 4, 11, 9))
+    slow = _reference_dropblock_mask((3, 4, 11, 9), layer.gamma(11, 9), block_size, gen(20))
+    assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize(("p", "block_size"), [(0.1, 3), (0.3, 3), (0.3, 5)])
+def test_dropblock_drop_fraction_close_to_p_and_rescaled(p, block_size):
+    x = torch.ones(64, 16, 14, 14)
+    y = DropBlock(p, block_size, generator=gen(21))(x)
+    dropped = (y == 0).float().mean().item()
+    # a little under p: overlapping blocks are counted once (measured: within 0.06 below p at these sizes)
+    assert p - 0.07 < dropped <= p + 0.01, dropped
+    kept = y[y != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - dropped)), rtol=1e-4)
+    assert abs(y.mean().item() - 1.0) < 1e-4  # rescaled by the measured keep fraction
+
+
+def test_dropblock_drops_contiguous_blocks_not_single_pixels():
+    y = DropBlock(0.2, 3, generator=gen(22))(torch.ones(8, 4, 16, 16))
+    dropped = (y == 0).float()
+    assert dropped.sum() > 0
+    # every dropped pixel lies inside a fully dropped 3x3 square (no isolated dropped pixels)
+    full_windows = 1 - F.max_pool2d(1 - dropped, 3, stride=1)  # (N, C, 14, 14): 1 where a 3x3 is all dropped
+    covered = F.max_pool2d(F.pad(full_windows, (2, 2, 2, 2)), 3, stride=1)  # back to (N, C, 16, 16)
+    assert torch.equal(covered * dropped, dropped)
+
+
+def test_dropblock_block_size_1_is_elementwise_dropout():
+    p = 0.3
+    y = DropBlock(p, 1, generator=gen(23))(torch.ones(200_000).view(50, 4, 20, 50))
+    assert abs((y == 0).float().mean().item() - p) < binomial_bound(200_000, p)
+
+
+def test_dropblock_eval_p0_p1_gradient_and_generator():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    layer = DropBlock(0.4, 3, generator=gen(24))
+    y = layer(x)
+    y.sum().backward()
+    keep_scaled = (y / x).detach()  # the gradient is the scaled keep-mask
+    assert torch.allclose(x.grad, keep_scaled, atol=1e-5)
+    assert torch.equal(DropBlock(0.4, 3, generator=gen(24))(x), y)  # same generator seed, same mask
+    assert not torch.equal(layer(x), y)  # successive calls differ
+    assert DropBlock(0.0, 3)(x) is x
+    assert torch.equal(DropBlock(1.0, 3)(x), torch.zeros_like(x))
+    layer.eval()
+    assert layer(x) is x
+    assert repr(layer) == "DropBlock(p=0.4, block_size=3)"
+    assert DropBlock(0.2, 3)(torch.ones(1, 1, 5, 5, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_dropblock_bad_arguments_raise_naming_the_value():
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\].*got 1\.5"):
+        DropBlock(1.5)
+    with pytest.raises(TypeError, match="got 'x'"):
+        DropBlock("x")
+    for bad in (0, 2, -3, 2.0, True):
+        with pytest.raises(ValueError, match=f"block_size must be a positive odd int, got {bad!r}"):
+            DropBlock(0.1, bad)
+    with pytest.raises(ValueError, match=r"block_size=5 is larger than the feature map \(4 x 9\)"):
+        DropBlock(0.1, 5)(torch.ones(1, 1, 4, 9))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\).*\(3, 8, 8\)"):
+        DropBlock(0.1, 3)(torch.ones(3, 8, 8))
