@@ -14,6 +14,7 @@ EXERCISES = {
     "ex05_attention_dropout": "ex05_attention_dropout",
     "ex06_mc_dropout": "ex06_mc_dropout",
     "ex07_thompson_sampling": "ex07_thompson_sampling",
+    "ex08_dropout_theory": "ex08_dropout_theory",
 }
 
 __all__ = ["Grader", "CheckResult", "EXERCISES"]
