@@ -4,8 +4,8 @@
 progress bar unless ``progress=False``, can stop early on the validation loss, and returns a
 :class:`History` with per-epoch losses, accuracies and wall time.
 
-Reproducibility: with ``seed=`` the loop runs inside ``torch.random.fork_rng`` seeded with it, so the
-same model state, data and seed give the same history, and the caller's global RNG state is untouched.
+Reproducibility: with ``seed=`` the loop runs inside :func:`dropout_course.config.seeded`, so the same
+model state, data and seed give the same history, and the caller's global RNG state is untouched.
 """
 
 from __future__ import annotations
@@ -18,27 +18,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .config import seeded  # also exported here: ``training.seeded`` is ``config.seeded``
 from .data import Split
+from .layers import restored_modes
 
 __all__ = ["History", "fit", "evaluate", "seeded"]
 
 _LOSSES = {"cross_entropy": nn.functional.cross_entropy, "mse": nn.functional.mse_loss}
-
-
-@contextlib.contextmanager
-def seeded(seed: int):
-    """Run a block with PyTorch's global RNG seeded with ``seed``; the caller's RNG state is restored after.
-
-    >>> with seeded(0):
-    ...     a = torch.rand(1)
-    >>> with seeded(0):
-    ...     b = torch.rand(1)
-    >>> bool(a == b)
-    True
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 @dataclass
@@ -84,11 +70,10 @@ def evaluate(model: nn.Module, data, loss: str = "cross_entropy", batch_size: in
     """
     data = _as_split(data, "data")
     loss_fn = _loss_fn(loss)
-    was_training = model.training
-    model.eval()
     device = _device_of(model)
     total, correct, count = 0.0, 0, 0
-    try:
+    with restored_modes(model):
+        model.eval()
         for X, y in data.batches(batch_size):
             X, y = X.to(device), y.to(device)
             out = model(X)
@@ -96,8 +81,6 @@ def evaluate(model: nn.Module, data, loss: str = "cross_entropy", batch_size: in
             if loss == "cross_entropy":
                 correct += (out.argmax(1) == y).sum().item()
             count += len(y) if loss == "cross_entropy" else y.numel()
-    finally:
-        model.train(was_training)
     accuracy = correct / len(data) if loss == "cross_entropy" else float("nan")
     return {"loss": total / max(count, 1), "accuracy": accuracy}
 
@@ -169,89 +152,80 @@ def fit(
     if (patience is not None or restore_best) and val is None:
         raise ValueError("early stopping (patience) and restore_best need a validation split (val=...)")
     loss_fn = _loss_fn(loss)
-    context = seeded(seed) if seed is not None else contextlib.nullcontext()
-    with context:
-        return _train_loop(
-            model,
-            train,
-            val,
-            epochs,
-            batch_size,
-            _optimizer(optimizer, model.parameters(), lr, weight_decay, momentum),
-            loss,
-            loss_fn,
-            patience,
-            restore_best,
-            measure_train,
-            progress,
-            description,
-        )
+    opt = _optimizer(optimizer, model.parameters(), lr, weight_decay, momentum)
+    plan = _Plan(train, val, epochs, batch_size, loss, loss_fn, patience, restore_best, measure_train)
+    with seeded(seed) if seed is not None else contextlib.nullcontext():
+        return _train_loop(model, opt, plan, progress=progress, description=description)
 
 
-def _train_loop(
-    model,
-    train,
-    val,
-    epochs,
-    batch_size,
-    opt,
-    loss,
-    loss_fn,
-    patience,
-    restore_best,
-    measure_train,
-    progress,
-    description,
-) -> History:
+@dataclass(frozen=True)
+class _Plan:
+    """What one ``fit`` run does: data, length, loss and stopping rule (checked by ``fit``)."""
+
+    train: Split
+    val: Split | None
+    epochs: int
+    batch_size: int
+    loss: str
+    loss_fn: object
+    patience: int | None
+    restore_best: bool
+    measure_train: bool
+
+
+def _train_epoch(model: nn.Module, X: Tensor, y: Tensor, opt, plan: _Plan) -> float:
+    """One pass over (X, y) in a random order, in train mode; returns the mean running loss."""
+    model.train()
+    order = torch.randperm(len(X), device=X.device)
+    running = 0.0
+    for first in range(0, len(order), plan.batch_size):
+        idx = order[first : first + plan.batch_size]
+        batch_loss = plan.loss_fn(model(X[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        opt.step()
+        running += batch_loss.item() * len(idx)
+    return running / len(order)
+
+
+def _train_loop(model: nn.Module, opt, plan: _Plan, *, progress: bool, description: str) -> History:
     from tqdm.auto import tqdm
 
     history = History()
     device = _device_of(model)
-    X_all, y_all = train.X.to(device), train.y.to(device)
+    X_all, y_all = plan.train.X.to(device), plan.train.y.to(device)
     best_loss, best_state, stale = float("inf"), None, 0
-    bar = tqdm(range(1, epochs + 1), desc=description, disable=not progress, leave=False)
+    bar = tqdm(range(1, plan.epochs + 1), desc=description, disable=not progress, leave=False)
     for epoch in bar:
         start = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(X_all), device=device)
-        running, seen = 0.0, 0
-        for first in range(0, len(order), batch_size):
-            idx = order[first : first + batch_size]
-            out = model(X_all[idx])
-            batch_loss = loss_fn(out, y_all[idx])
-            opt.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            opt.step()
-            running += batch_loss.item() * len(idx)
-            seen += len(idx)
-        if measure_train:
-            train_metrics = evaluate(model, train, loss)
+        running = _train_epoch(model, X_all, y_all, opt, plan)
+        if plan.measure_train:
+            train_metrics = evaluate(model, plan.train, plan.loss)
         else:
-            train_metrics = {"loss": running / seen, "accuracy": float("nan")}
+            train_metrics = {"loss": running, "accuracy": float("nan")}
         history.epoch.append(epoch)
         history.train_loss.append(train_metrics["loss"])
         history.train_acc.append(train_metrics["accuracy"])
-        if val is not None:
-            val_metrics = evaluate(model, val, loss)
+        shown = {"train_loss": f"{history.train_loss[-1]:.3f}"}
+        if plan.val is not None:
+            val_metrics = evaluate(model, plan.val, plan.loss)
             history.val_loss.append(val_metrics["loss"])
             history.val_acc.append(val_metrics["accuracy"])
+            shown["val_loss"] = f"{val_metrics['loss']:.3f}"
             if val_metrics["loss"] < best_loss:
                 best_loss, stale, history.best_epoch = val_metrics["loss"], 0, epoch
-                if restore_best:
+                if plan.restore_best:
                     best_state = copy.deepcopy(model.state_dict())
             else:
                 stale += 1
         history.seconds.append(time.perf_counter() - start)
         if progress:
-            shown = {"train_loss": f"{history.train_loss[-1]:.3f}"}
-            if val is not None:
-                shown["val_loss"] = f"{history.val_loss[-1]:.3f}"
             bar.set_postfix(shown)
-        if patience is not None and stale >= patience:
+        if plan.patience is not None and stale >= plan.patience:
             history.stopped_early = True
             break
     bar.close()
-    if restore_best and best_state is not None:
+    if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return history
