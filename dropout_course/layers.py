@@ -27,6 +27,8 @@ __all__ = [
     "LockedDropout",
     "GaussianDropout",
     "DropPath",
+    "StochasticDepth",
+    "stochastic_depth_rates",
     "DropConnectLinear",
     "dropout_forward_numpy",
     "dropout_backward_numpy",
@@ -266,8 +268,12 @@ class DropBlock(_DropoutBase):
 class LockedDropout(_DropoutBase):
     r"""Variational ("locked") dropout: one mask per sequence, shared over every time step.
 
-    Gal & Ghahramani (2016): sampling a fresh mask at each step injects noise that accumulates along
-    the sequence; sharing it over time drops the same units for the whole sequence:
+    Why one mask per sequence (Gal & Ghahramani 2016): with a fresh mask at every step, a unit that
+    carries a memory is kept at all of :math:`k` consecutive steps only with probability
+    :math:`(1 - p)^k`, so long-range memory is wiped out during training. A locked mask removes the same
+    units for the whole sequence: the network sees one thinner recurrent network per sequence (in the
+    variational view, one sample of the weights per sequence) and can keep its memory in the units that
+    survive:
 
     .. math::
         y_{n,t,h} = \frac{m_{n,h}}{1 - p} x_{n,t,h}, \qquad m_{n,h} \sim \mathrm{Bernoulli}(1 - p)
@@ -341,12 +347,19 @@ class GaussianDropout(_DropoutBase):
 
 
 class DropPath(_DropoutBase):
-    r"""Stochastic depth: drop a whole sample's residual branch with probability ``p`` (Huang et al. 2016).
+    r"""Per-sample drop path: drop each sample's residual branch with probability ``p``, rescale the rest.
 
-    Used on a residual branch, ``x + DropPath(p)(f(x))`` skips ``f`` for a random subset of samples:
+    Used on a residual branch, ``x + DropPath(p)(f(x))`` removes ``f`` for a random subset of the samples of
+    the batch, each sample deciding independently, with inverted scaling (nothing changes at test time):
 
     .. math::
         y_{n,\dots} = \frac{m_n}{1 - p} x_{n,\dots}, \qquad m_n \sim \mathrm{Bernoulli}(1 - p)
+
+    This is the later, per-sample variant of stochastic depth used in vision-Transformer training (the
+    ``drop_path`` of the timm library, DeiT, ConvNeXt); the name comes from FractalNet (Larsson et al.
+    2017). It regularises like stochastic depth but saves no compute: the branch is still computed for
+    the whole batch. Huang et al.'s original stochastic depth (2016) skips a block for the whole
+    mini-batch and rescales at test time instead: see :class:`StochasticDepth`.
 
     Args:
         p: probability of dropping a sample's path, in [0, 1]. Default: 0.5.
@@ -367,6 +380,79 @@ class DropPath(_DropoutBase):
             raise ValueError("DropPath expects input of shape (N, ...), got a 0-d tensor")
         mask_shape = (x.shape[0],) + (1,) * (x.dim() - 1)
         return _masked(x, self.p, mask_shape, self.training, self.generator)
+
+
+def stochastic_depth_rates(n_blocks: int, p_last: float) -> list[float]:
+    r"""Huang et al.'s linear decay rule as drop probabilities: block ``l`` of ``L`` drops with ``p_last * l / L``.
+
+    Survival probabilities :math:`1 - \frac{l}{L}(1 - p_L)` in the paper's notation, with :math:`p_L`
+    the survival of the last block (they use 0.5); the first blocks, which compute features every later
+    block needs, are dropped least. The expected number of blocks run is :math:`L - p_{last}(L + 1)/2`.
+
+    Examples:
+        >>> stochastic_depth_rates(4, 0.5)
+        [0.125, 0.25, 0.375, 0.5]
+    """
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 1:
+        raise ValueError(f"n_blocks must be a positive int, got {n_blocks!r}")
+    p_last = check_probability(p_last, name="p_last")
+    return [p_last * (k + 1) / n_blocks for k in range(n_blocks)]
+
+
+class StochasticDepth(nn.Module):
+    r"""Stochastic depth (Huang et al. 2016): a residual block whose branch is skipped for the WHOLE
+    mini-batch with probability ``p`` (the drop probability), and scaled by its survival rate at test time.
+
+    .. math::
+        \text{train: } y = x + b\, f(x),\quad b \sim \mathrm{Bernoulli}(1 - p) \text{ once per forward call};
+        \qquad \text{test: } y = x + (1 - p)\, f(x)
+
+    When :math:`b = 0` the branch is not computed at all (no forward, no backward, no gradient for its
+    weights), so a network of such blocks trains faster: with the linear decay rule
+    (:func:`stochastic_depth_rates`, last block ``p = 0.5``) about a quarter of the blocks are skipped per
+    step. Because one decision covers the whole batch, MC-dropout sampling of a repeated batch would
+    not give independent samples (``shares_mask_across_batch``). Compare :class:`DropPath`: one decision
+    per sample, inverted scaling, no compute saved.
+
+    Args:
+        branch: the residual branch :math:`f`, a module whose output has the shape of its input.
+        p: probability of skipping the branch for a mini-batch, in [0, 1]. Default: 0.5.
+        generator: optional ``torch.Generator`` for the decisions.
+
+    Shape:
+        Input: any shape accepted by ``branch``. Output: same shape.
+
+    Examples:
+        >>> block = StochasticDepth(nn.Linear(4, 4), p=0.5)
+        >>> x = torch.ones(3, 4)
+        >>> _ = block.eval(); torch.allclose(block(x), x + 0.5 * block.branch(x))
+        True
+    """
+
+    shares_mask_across_batch = True
+
+    def __init__(self, branch: nn.Module, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if not isinstance(branch, nn.Module):
+            raise TypeError(f"branch must be a torch.nn.Module, got {type(branch).__name__}")
+        self.branch = branch
+        self.p = check_probability(p)
+        self.generator = generator
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_tensor(x)
+        if self.p == 1.0:
+            return x  # never run in training; scaled by 1 - p = 0 at test time
+        if not self.training:
+            return x + (1.0 - self.p) * self.branch(x) if self.p > 0 else x + self.branch(x)
+        if self.p > 0:
+            keep = torch.empty((), dtype=torch.float32).bernoulli_(1.0 - self.p, generator=self.generator)
+            if not keep:
+                return x  # the whole mini-batch skips this block: no compute spent on the branch
+        return x + self.branch(x)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class DropConnectLinear(nn.Linear):
