@@ -140,14 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
     grade = sub.add_parser(
         "grade",
         help="autograde submitted notebooks into a gradebook CSV",
-        description="Run each submission in a fresh kernel with the visible and hidden checks; write one "
-        "CSV row per submission. Submissions are never modified.",
+        description="Grade each submission with the visible and hidden checks of its exercise's source "
+        "notebook. The learner's code runs in a disposable sandboxed process; every check is computed "
+        "outside it. One CSV row per submission, written as soon as it is graded. Submissions are "
+        "never modified.",
     )
     grade.add_argument("submissions", nargs="+", help="submitted .ipynb files")
-    grade.add_argument("--out", required=True, help="gradebook CSV to write")
+    grade.add_argument("--out", required=True, help="gradebook CSV to write (its folder must exist)")
     grade.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel (default 1)")
     grade.add_argument(
-        "--timeout", type=float, default=120, help="seconds any one cell may run (default 120)"
+        "--timeout", type=float, default=120, help="seconds any one notebook cell may run (default 120)"
+    )
+    grade.add_argument(
+        "--exercise",
+        default=None,
+        help="grade every submission as this exercise (e.g. ex01_inverted_dropout)",
+    )
+    grade.add_argument(
+        "--resume", action="store_true", help="keep the rows already in --out and skip their submissions"
     )
     grade.add_argument("--source", default=None, help="source folder (default: exercises/source)")
     return parser
@@ -184,23 +194,36 @@ def grade_command(args, out=None) -> int:
     """``dropout-course grade SUBMISSIONS... --out grades.csv``; returns the exit code."""
     from pathlib import Path
 
-    from .grading.autograde import grade, write_csv
+    from .grading.autograde import grade
 
     out = out or sys.stdout
     if args.jobs < 1 or args.timeout <= 0:
         print("--jobs must be >= 1 and --timeout > 0", file=out)
         return 2
-    rows = grade(
-        args.submissions,
-        jobs=args.jobs,
-        timeout=args.timeout,
-        source_dir=Path(args.source) if args.source else None,
-    )
-    write_csv(rows, args.out)
-    for row in rows:
-        note = f"  ({row['error']})" if row.get("error") else ""
-        print(f"{row['submission']}: {row['total']:g}/{row['max_total']:g} {row['status']}{note}", file=out)
-    print(f"wrote {args.out} ({len(rows)} row(s))", file=out)
+
+    def progress(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    try:
+        rows = grade(
+            args.submissions,
+            out=args.out,
+            jobs=args.jobs,
+            timeout=args.timeout,
+            source_dir=Path(args.source) if args.source else None,
+            exercise=args.exercise,
+            resume=args.resume,
+            progress=progress,
+        )
+    except ValueError as exc:
+        print(f"dropout-course grade: {exc}", file=out)
+        return 2
+    except RuntimeError as exc:
+        print(f"dropout-course grade: stopped: {exc}", file=out)
+        return 3
+    counts = {s: sum(r.get("status") == s for r in rows) for s in ("graded", "incomplete", "error")}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    print(f"wrote {args.out} ({len(rows)} row(s): {summary or 'none'})", file=out)
     return 0
 
 

@@ -1,0 +1,516 @@
+"""Judge-side stand-ins for a submission's functions, classes and modules, whose calls run in the worker.
+
+A check calls a :class:`RemoteFunction` or builds a remote class like any candidate; each call becomes
+a request ("call object #3 with these arguments") and the reply is decoded without unpickling
+(:mod:`.wire`). What the grader's properties see:
+
+* results: tensors, arrays, numbers, strings and containers of them, rebuilt in the judge;
+* gradients: when an argument needs them, the result is tied to it by an autograd function whose
+  backward asks the worker for the vector-Jacobian product of that call;
+* modules: a :class:`RemoteModule` is a real ``nn.Module`` mirroring the learner's module (class names,
+  sub-modules, parameters, buffers, train/eval flags); its calls run remotely, the judge's changes to the
+  mirror (``copy_`` into a parameter, an optimiser step, ``.train()``) are sent before the next call and
+  the worker's state comes back after it;
+* arguments the call changed (a tensor modified in place, a module left in train mode, a NumPy generator
+  that drew numbers) are updated in the judge, so the checks see the learner's side effects;
+* trusted objects (a function or class of ``dropout_course``/``torch``/``numpy`` the learner merely
+  re-exported) are the judge's own objects, so checks of "the course's reference used" see them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import wire
+
+TRUSTED_PREFIXES = ("dropout_course", "torch", "numpy", "math")
+DEFAULT_DEADLINE = 60.0
+
+
+class WorkerLost(Exception):
+    """The worker died, hung past its deadline, or answered nonsense; it was killed."""
+
+
+_EXC_CLASSES: dict[str, type] = {}
+
+
+def remote_exception(info: dict) -> BaseException:
+    """An exception of the learner's exception's class name (builtins are the real classes)."""
+    name = str(info.get("type", "Exception"))
+    message = str(info.get("message", ""))
+    where = str(info.get("where", ""))
+    text = message.splitlines()[0] if message.strip() else ""
+    if where:
+        text = f"{text} ({where})" if text else f"({where})"
+    cls = getattr(builtins, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        cls = _EXC_CLASSES.setdefault(
+            name, type(name if name.isidentifier() else "RemoteError", (Exception,), {})
+        )
+    try:
+        return cls(text)
+    except Exception:  # noqa: BLE001 - an exception class with another signature
+        return RuntimeError(f"{name}: {text}")
+
+
+class Client:
+    """The judge's connection to one worker: requests with deadlines, decoding, the current check."""
+
+    def __init__(self, sandbox) -> None:
+        self.sandbox = sandbox
+        self.broken = ""
+        self.check: tuple[str, str] | None = None
+        self.deadline = DEFAULT_DEADLINE
+
+    def request(self, kind: str, *params, deadline: float | None = None) -> dict:
+        if self.broken:
+            raise WorkerLost(self.broken)
+        try:
+            wire.write_frame(self.sandbox.to_worker, wire.dump_request((kind, *params)))
+            limit = self.deadline if deadline is None else deadline
+            reply = wire.load_reply(wire.read_frame(self.sandbox.from_worker, time.monotonic() + limit))
+        except wire.ChannelTimeout:
+            self.lose(f"no answer within {limit:g} s (an endless loop?); the worker was stopped")
+            raise WorkerLost(self.broken) from None
+        except (wire.ChannelClosed, BrokenPipeError, OSError) as exc:
+            self.lose(f"the worker process died or broke the channel ({exc})")
+            raise WorkerLost(self.broken) from None
+        except BaseException:
+            # a time limit raised in the judge (SIGALRM) while waiting: the worker is busy and out of step
+            self.lose("stopped at its time limit; the worker was stopped")
+            raise
+        if not isinstance(reply, dict):
+            self.lose("the worker answered something that is not a reply")
+            raise WorkerLost(self.broken)
+        return reply
+
+    def lose(self, why: str) -> None:
+        if not self.broken:
+            self.broken = why
+            self.sandbox.kill()
+
+    # ----------------------------------------------------------------- values
+
+    def decode(self, item, tensors: list | None = None):
+        def make_handle(desc):
+            return self.proxy(desc)
+
+        value = wire.decode_value(item, make_handle)
+        if tensors is not None:
+            _collect_tensors(value, tensors)
+        return value
+
+    def proxy(self, desc: dict):
+        kind = desc.get("kind")
+        if kind == "trusted":
+            return _trusted(str(desc["module"]), str(desc["qualname"]))
+        if kind == "module":
+            cls = _module_class(str(desc["tree"]["cls_module"]), str(desc["tree"]["cls_name"]))
+            module = cls.__new__(cls)
+            nn.Module.__init__(module)
+            module._attach(self, int(desc["id"]), desc["tree"])
+            return module
+        if kind == "class":
+            return _class_proxy(self, desc)
+        if kind == "function":
+            return RemoteFunction(self, desc)
+        return _object_proxy(self, desc)
+
+    def call(self, target: int, method: str | None, args: tuple, kwargs: dict, module=None):
+        """Call remote object ``target`` (``method`` of it) and return the decoded result."""
+        if module is not None:
+            module._push()
+        for value in list(args) + list(kwargs.values()):
+            if isinstance(value, RemoteModule):
+                value._push()
+        grad_inputs: list[torch.Tensor] = []
+        args = _slot_grads(args, grad_inputs)
+        kwargs = _slot_grads(kwargs, grad_inputs)
+        params: list[torch.Tensor] = []
+        if module is not None:
+            params = [p for p in module.parameters() if p.requires_grad]
+        needs_graph = torch.is_grad_enabled() and bool(grad_inputs or params)
+        leaves = [t.detach() for t in grad_inputs]
+        if not needs_graph:
+            reply = self._call(target, method, args, kwargs, leaves)
+            return self._finish(reply, args, kwargs, module)
+        box: dict = {}
+        outs = _RemoteCall.apply(
+            self, box, (target, method, args, kwargs, leaves, module), *grad_inputs, *params
+        )
+        value = box["value"]
+        return _replace_tensors(value, list(outs)) if box["n"] else value
+
+    def _call(self, target, method, args, kwargs, leaves):
+        reply = self.request("call", wire.Ref(target), method, args, kwargs, leaves, self.check)
+        self._report(reply)
+        if not reply.get("ok"):
+            raise remote_exception(reply.get("error", {}))
+        return reply
+
+    def _finish(self, reply: dict, args, kwargs, module, tensors: list | None = None):
+        value = self.decode(reply["value"], tensors)
+        _apply_mutations(reply.get("mutated", []), args, kwargs)
+        if module is not None and "tree" in reply:
+            module._sync(reply["tree"])
+        return value
+
+    def _report(self, reply: dict) -> None:
+        """Hand the worker's dropout/reference findings to the check that is running (if any)."""
+        calls = [str(c) for c in reply.get("calls", [])]
+        findings = [str(c) for c in reply.get("findings", [])]
+        if not (calls or findings):
+            return
+        ctx = _current_check_context()
+        if ctx is not None:
+            ctx.torch_dropout_calls.extend(calls)
+            trace = getattr(ctx, "trace", None)
+            if trace is not None:
+                trace.findings.extend(findings)
+
+
+def _current_check_context():
+    from .core import CheckContext
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, CheckContext):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+class _RemoteCall(torch.autograd.Function):
+    """A remote call inside autograd: forward runs it, backward asks the worker for the VJP."""
+
+    @staticmethod
+    def forward(ctx, client, box, call, *inputs):
+        target, method, args, kwargs, leaves, module = call
+        reply = client._call(target, method, args, kwargs, leaves)
+        tensors: list = []
+        box["value"] = client._finish(reply, args, kwargs, module, tensors)
+        box["n"] = len(tensors)
+        graph = reply.get("graph")
+        ctx.client, ctx.graph = client, graph
+        ctx.n_inputs = len(inputs)
+        if not tensors:
+            return torch.zeros(0)
+        flags = list(graph["requires_grad"]) if graph else [False] * len(tensors)
+        outs = tuple(t for t in tensors)
+        ctx.differentiable = [i for i, f in enumerate(flags) if f and outs[i].is_floating_point()]
+        ctx.mark_non_differentiable(*[o for i, o in enumerate(outs) if i not in ctx.differentiable])
+        return outs
+
+    @staticmethod
+    def backward(ctx, *grads):
+        none = (None, None, None) + (None,) * ctx.n_inputs
+        if not ctx.graph:
+            return none
+        wanted = [grads[i] for i in ctx.differentiable]
+        reply = ctx.client.request(
+            "vjp", int(ctx.graph["id"]), [None if g is None else g.detach() for g in wanted]
+        )
+        if not reply.get("ok"):
+            raise RuntimeError(str(reply.get("error", {}).get("message", "backward failed in the worker")))
+        result = [None if g is None else g for g in reply.get("grads", [])]
+        result += [None] * (ctx.n_inputs - len(result))
+        return (None, None, None, *result[: ctx.n_inputs])
+
+
+def _slot_grads(item, found: list):
+    if isinstance(item, torch.Tensor) and item.requires_grad and torch.is_grad_enabled():
+        found.append(item)
+        return wire.GradSlot(len(found) - 1)
+    if type(item) is tuple:
+        return tuple(_slot_grads(v, found) for v in item)
+    if type(item) is list:
+        return [_slot_grads(v, found) for v in item]
+    if type(item) is dict:
+        return {k: _slot_grads(v, found) for k, v in item.items()}
+    return item
+
+
+def _collect_tensors(value, out: list) -> None:
+    if isinstance(value, torch.Tensor):
+        out.append(value)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _collect_tensors(v, out)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _collect_tensors(v, out)
+
+
+def _replace_tensors(value, outs: list):
+    if isinstance(value, torch.Tensor):
+        return outs.pop(0)
+    if isinstance(value, tuple):
+        return tuple(_replace_tensors(v, outs) for v in value)
+    if isinstance(value, list):
+        return [_replace_tensors(v, outs) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_tensors(v, outs) for k, v in value.items()}
+    return value
+
+
+def _apply_mutations(changes: list, args, kwargs) -> None:
+    """Update the judge's arguments in place with the state the call left them in."""
+    for change in changes:
+        try:
+            where, key = change["path"]
+            target = args[int(key)] if where == "a" else kwargs[str(key)]
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+        kind = change.get("kind")
+        try:
+            if kind == "tensor" and isinstance(target, torch.Tensor):
+                new = change["value"]
+                if new.shape == target.shape:
+                    with torch.no_grad():
+                        target.copy_(new.to(target.dtype))
+            elif kind == "array" and isinstance(target, np.ndarray):
+                new = wire.decode_value(change["value"], lambda d: None)
+                if new.shape == target.shape:
+                    target[...] = new
+            elif kind == "module" and isinstance(target, nn.Module) and not isinstance(target, RemoteModule):
+                target.load_state_dict(dict(change.get("state", {})), strict=False)
+                modules = dict(target.named_modules())
+                for name, flag in dict(change.get("training", {})).items():
+                    if name in modules:
+                        modules[name].training = bool(flag)
+            elif kind == "generator" and isinstance(target, np.random.Generator):
+                target.bit_generator.state = change["state"]
+        except Exception:  # noqa: BLE001 - a state we cannot apply is ignored, never trusted
+            continue
+
+
+def _trusted(module: str, qualname: str):
+    if not module.startswith(TRUSTED_PREFIXES):
+        raise WorkerLost(f"refused to import {module!r} for the worker")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class RemoteFunction:
+    """A learner's function: calling it calls it in the worker."""
+
+    def __init__(self, client: Client, desc: dict) -> None:
+        self._client = client
+        self._id = int(desc["id"])
+        self.__name__ = str(desc.get("name") or "function")
+        self.__qualname__ = str(desc.get("qualname") or self.__name__)
+        self.__module__ = str(desc.get("module") or "__main__")
+
+    def __call__(self, *args, **kwargs):
+        return self._client.call(self._id, None, args, kwargs)
+
+    def __reduce__(self):
+        return (wire.Ref, (self._id,))  # sent back to the worker as its own object
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __repr__(self) -> str:
+        return f"<function {self.__qualname__} (runs in the grading worker)>"
+
+
+class RemoteObject:
+    """Any other object of the learner's: it can be passed back to the learner's code, or called."""
+
+    _client: Client
+    _id: int
+
+    def __call__(self, *args, **kwargs):
+        return self._client.call(self._id, None, args, kwargs)
+
+    def __reduce__(self):
+        return (wire.Ref, (self._id,))
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} object (in the grading worker)>"
+
+
+_CLASSES: dict[tuple, type] = {}
+
+
+def _object_proxy(client: Client, desc: dict) -> RemoteObject:
+    key = ("object", desc.get("type_module"), desc.get("type_name"))
+    name = str(desc.get("type_name") or "object")
+    cls = _CLASSES.get(key)
+    if cls is None:
+        cls = type(name if name.isidentifier() else "RemoteObject", (RemoteObject,), {})
+        cls.__module__ = str(desc.get("type_module") or "__main__")
+        _CLASSES[key] = cls
+    obj = object.__new__(cls)
+    obj._client, obj._id = client, int(desc["id"])
+    return obj
+
+
+def _class_proxy(client: Client, desc: dict) -> type:
+    """A class standing for the learner's class: instantiating it instantiates the learner's class."""
+    name = str(desc.get("name") or "Remote")
+    class_id = int(desc["id"])
+    safe = name if name.isidentifier() else "RemoteClass"
+    if desc.get("is_module"):
+
+        def __init__(self, *args, **kwargs):
+            nn.Module.__init__(self)
+            reply = client._call(class_id, None, args, kwargs, [])
+            value = reply["value"]
+            if not (isinstance(value, dict) and value.get("kind") == "module"):
+                raise TypeError(f"{name}(...) did not build an nn.Module")
+            self._attach(client, int(value["id"]), value["tree"])
+
+        cls = type(safe, (RemoteModule,), {"__init__": __init__})
+    else:
+
+        def __new__(cls, *args, **kwargs):
+            return client.call(class_id, None, args, kwargs)
+
+        cls = type(safe, (RemoteObject,), {"__new__": __new__})
+    cls.__module__ = str(desc.get("module") or "__main__")
+    cls.__qualname__ = str(desc.get("qualname") or name)
+    cls._remote_class = class_id
+    return cls
+
+
+def _module_class(module: str, name: str) -> type:
+    key = ("module", module, name)
+    cls = _CLASSES.get(key)
+    if cls is None:
+        cls = type(name if name.isidentifier() else "RemoteModule", (RemoteModule,), {})
+        cls.__module__ = module
+        _CLASSES[key] = cls
+    return cls
+
+
+class _Part(nn.Module):
+    """A sub-module of a learner's module, mirrored (structure and state only; the whole module runs)."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("a part of the learner's module cannot be called on its own in the judge")
+
+
+_PART_CLASSES: dict[tuple, type] = {}
+
+
+def _part_class(module: str, name: str) -> type:
+    key = (module, name)
+    if key not in _PART_CLASSES:
+        cls = type(name if name.isidentifier() else "Part", (_Part,), {})
+        cls.__module__ = module
+        _PART_CLASSES[key] = cls
+    return _PART_CLASSES[key]
+
+
+def _sync_module(local: nn.Module, tree: dict) -> None:
+    local.training = bool(tree.get("training", True))
+    grads = dict(tree.get("grads", {}))
+    for name, value in dict(tree.get("params", {})).items():
+        current = local._parameters.get(name)
+        if value is None:
+            local._parameters[name] = None
+        elif (
+            isinstance(current, nn.Parameter)
+            and current.shape == value.shape
+            and current.dtype == value.dtype
+            and getattr(local, "_param_ids", {}).get(name) == tree["param_ids"].get(name)
+        ):
+            with torch.no_grad():
+                current.copy_(value)
+        else:
+            local._parameters[name] = nn.Parameter(value, requires_grad=bool(grads.get(name, True)))
+    for name in [n for n in local._parameters if n not in tree.get("params", {})]:
+        del local._parameters[name]
+    local.__dict__["_param_ids"] = dict(tree.get("param_ids", {}))
+    for name, value in dict(tree.get("buffers", {})).items():
+        current = local._buffers.get(name)
+        if value is not None and isinstance(current, torch.Tensor) and current.shape == value.shape:
+            current.copy_(value.to(current.dtype)) if current.dtype == value.dtype else None
+            if current.dtype != value.dtype:
+                local._buffers[name] = value
+        else:
+            local._buffers[name] = value
+    for name in [n for n in local._buffers if n not in tree.get("buffers", {})]:
+        del local._buffers[name]
+    children = dict(tree.get("children", {}))
+    for name, child in children.items():
+        if child is None:
+            local._modules[name] = None
+            continue
+        cls = _part_class(str(child["cls_module"]), str(child["cls_name"]))
+        current = local._modules.get(name)
+        if type(current) is not cls:
+            current = cls()
+            local._modules[name] = current
+        _sync_module(current, child)
+    for name in [n for n in local._modules if n not in children]:
+        del local._modules[name]
+
+
+class RemoteModule(nn.Module):
+    """A learner's ``nn.Module`` instance living in the worker, mirrored here (see the module docstring)."""
+
+    def _attach(self, client: Client, hid: int, tree: dict) -> None:
+        self.__dict__["_client"] = client
+        self.__dict__["_hid"] = hid
+        self._sync(tree)
+
+    def _sync(self, tree: dict) -> None:
+        _sync_module(self, tree)
+        self.__dict__["_synced"] = self._state_key()
+
+    def _state_key(self):
+        return (
+            tuple((n, id(p), p._version) for n, p in self.named_parameters()),
+            tuple((n, id(b), b._version) for n, b in self.named_buffers()),
+            tuple((n, m.training) for n, m in self.named_modules()),
+        )
+
+    def _push(self) -> None:
+        """Send the judge's changes to the mirror (parameters, buffers, modes) to the worker."""
+        if self.__dict__.get("_synced") == self._state_key():
+            return
+        state = {
+            "params": {n: p.detach().clone() for n, p in self.named_parameters()},
+            "buffers": {n: b.detach().clone() for n, b in self.named_buffers()},
+            "training": {n: m.training for n, m in self.named_modules()},
+        }
+        reply = self._client.request("set_state", wire.Ref(self._hid), state)
+        if not reply.get("ok"):
+            raise remote_exception(reply.get("error", {}))
+        self.__dict__["_synced"] = self._state_key()
+
+    def forward(self, *args, **kwargs):
+        return self._client.call(self._hid, "__call__", args, kwargs, module=self)
+
+    def train(self, mode: bool = True):
+        self._push()
+        self._client.call(self._hid, "train", (bool(mode),), {}, module=self)
+        return self
+
+    def __deepcopy__(self, memo):
+        self._push()
+        reply = self._client.request("deepcopy", wire.Ref(self._hid))
+        if not reply.get("ok"):
+            raise remote_exception(reply.get("error", {}))
+        return self._client.decode(reply["value"])
+
+    def __reduce_ex__(self, protocol):
+        return (wire.Ref, (self._hid,))
+
+    def extra_repr(self) -> str:
+        return "runs in the grading worker"

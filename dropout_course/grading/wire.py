@@ -1,0 +1,164 @@
+"""The judge <-> worker channel: length-prefixed frames, pickle one way, a safe decoder the other way.
+
+* judge -> worker: requests are pickled (the worker may run anything anyway; it is the learner's process).
+  Proxies of the worker's own objects travel as :class:`Ref` (a handle number), never as objects.
+* worker -> judge: replies are *never unpickled*. They are written with ``torch.save`` and read with
+  ``torch.load(weights_only=True)``, which only rebuilds tensors, numbers, strings, bytes, lists, tuples and
+  dicts. NumPy arrays and scalars travel as tagged dicts holding raw bytes (:func:`encode_value` /
+  :func:`decode_value`); anything else stays in the worker and comes back as a handle description.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import select
+import struct
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_REPLY_BYTES = 256 * 1024 * 1024
+_HEADER = struct.Struct("!Q")
+NUMERIC_KINDS = "biufc"
+
+
+class ChannelClosed(Exception):
+    """The other end of the channel closed (the worker died) or sent a malformed frame."""
+
+
+class ChannelTimeout(Exception):
+    """No reply within the deadline."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A handle to an object that lives in the worker (sent judge -> worker in place of the proxy)."""
+
+    id: int
+
+
+@dataclass(frozen=True)
+class GradSlot:
+    """Stands for the ``index``-th argument tensor that needs gradients (sent apart, as a leaf)."""
+
+    index: int
+
+
+def write_frame(fd: int, payload: bytes) -> None:
+    data = _HEADER.pack(len(payload)) + payload
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ChannelTimeout()
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                raise ChannelTimeout()
+        chunk = os.read(fd, min(n - got, 1 << 20))
+        if not chunk:
+            raise ChannelClosed("the worker closed the channel")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int, deadline: float | None = None, limit: int = MAX_REPLY_BYTES) -> bytes:
+    (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
+    if size > limit:
+        raise ChannelClosed(f"a reply of {size} bytes is over the {limit} byte limit")
+    return _read_exact(fd, size, deadline)
+
+
+def dump_request(obj) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load_request(data: bytes):
+    return pickle.loads(data)  # noqa: S301 - judge -> worker only: the judge is trusted
+
+
+def dump_reply(obj) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def load_reply(data: bytes):
+    """Decode a worker reply without running any of its code (``weights_only`` unpickler)."""
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - anything malformed is a closed channel
+        raise ChannelClosed(f"malformed reply: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _bytes_tensor(raw: bytes):
+    import torch
+
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.zeros(0, dtype=torch.uint8)
+
+
+def encode_array(a: np.ndarray) -> dict:
+    a = np.ascontiguousarray(a)
+    return {"$": "nd", "dtype": a.dtype.str, "shape": list(a.shape), "data": _bytes_tensor(a.tobytes())}
+
+
+def encode_numpy_scalar(v: np.generic) -> dict:
+    return {"$": "np", "dtype": v.dtype.str, "data": _bytes_tensor(np.asarray(v).tobytes())}
+
+
+def _array_from(item: dict) -> np.ndarray:
+    dtype = np.dtype(str(item["dtype"]))
+    if dtype.kind not in NUMERIC_KINDS:
+        raise ChannelClosed(f"array of dtype {dtype} is not allowed")
+    raw = item["data"].numpy().tobytes()
+    return np.frombuffer(raw, dtype=dtype).reshape([int(s) for s in item["shape"]]).copy()
+
+
+def decode_value(item, make_handle):
+    """Rebuild a value encoded by the worker; ``make_handle(description)`` turns handles into proxies."""
+    import torch
+
+    if isinstance(item, (type(None), bool, int, float, str, bytes, torch.Tensor)):
+        return item
+    if isinstance(item, list):
+        return [decode_value(v, make_handle) for v in item]
+    if isinstance(item, tuple):
+        return tuple(decode_value(v, make_handle) for v in item)
+    if isinstance(item, dict):
+        tag = item.get("$")
+        if tag == "nd":
+            return _array_from(item)
+        if tag == "np":
+            dtype = np.dtype(str(item["dtype"]))
+            if dtype.kind not in NUMERIC_KINDS:
+                raise ChannelClosed(f"scalar of dtype {dtype} is not allowed")
+            return np.frombuffer(item["data"].numpy().tobytes(), dtype=dtype)[0]
+        if tag == "tuple":
+            return tuple(decode_value(v, make_handle) for v in item["items"])
+        if tag == "list":
+            return [decode_value(v, make_handle) for v in item["items"]]
+        if tag == "dict":
+            return {decode_value(k, make_handle): decode_value(v, make_handle) for k, v in item["items"]}
+        if tag == "handle":
+            return make_handle(item)
+        if tag == "complex":
+            return complex(float(item["re"]), float(item["im"]))
+    raise ChannelClosed(f"unexpected item in a reply: {type(item).__name__}")
