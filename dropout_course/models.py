@@ -2,8 +2,8 @@
 
 * :class:`MLP`             input dropout and hidden dropout (Hinton et al. 2012).
 * :class:`ConvNet`         dropout on conv feature maps (element-wise or spatial) and before the classifier.
-* :class:`CharRNN`         an LSTM classifier with embedding, input, recurrent, between-layer and output
-                           dropout, and weight drop on the hidden-to-hidden matrix (AWD-LSTM).
+* :class:`CharRNN`         an LSTM (or tanh RNN) classifier with embedding, input, recurrent, between-layer
+                           and output dropout, and weight drop on the hidden-to-hidden matrix (AWD-LSTM).
 * :class:`TinyTransformer` embedding, attention, residual and DropPath dropout (Vaswani et al. 2017).
 * :class:`QNetwork`        an MLP Q-function with dropout and optional layer norm (DroQ).
 
@@ -28,6 +28,7 @@ __all__ = [
     "ConvNet",
     "CharRNNConfig",
     "CharRNN",
+    "WeightDrop",
     "TransformerConfig",
     "TinyTransformer",
     "QNetworkConfig",
@@ -162,30 +163,55 @@ class CharRNNConfig:
     embed_dim: int = 32
     hidden_size: int = 64
     num_layers: int = 1
-    embedding_dropout: float = 0.0  # drops whole characters (rows of the embedding matrix) per batch
-    input_dropout: float = 0.0  # on the embeddings fed to the first LSTM layer
-    between_dropout: float = 0.0  # between stacked LSTM layers
+    embedding_dropout: float = 0.0  # drops whole characters (token types) of a sequence, per sequence
+    input_dropout: float = 0.0  # on the embeddings fed to the first recurrent layer
+    between_dropout: float = 0.0  # between stacked recurrent layers
     output_dropout: float = 0.0  # on the last layer's outputs, before the classifier
-    recurrent_dropout: float = 0.0  # on the hidden state h_{t-1} fed back into the LSTM
+    recurrent_dropout: float = 0.0  # on the hidden state h_{t-1} fed back into the recurrence
     recurrent_mask: Literal["locked", "per_step"] = "locked"  # one mask per sequence, or a fresh one per step
     locked: bool = False  # non-recurrent sites: one mask per sequence (variational) or per time step
     weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights, one mask per batch
+    cell: Literal["lstm", "tanh"] = "lstm"  # LSTM, or a plain tanh RNN whose only memory is h
+
+
+class WeightDrop(Dropout):
+    r"""DropConnect on a weight matrix (AWD-LSTM's weight drop): drops each weight with probability ``p``.
+
+    ``WeightDrop(p)(W)`` returns :math:`M \odot W / (1 - p)` with :math:`M_{ij} \sim \mathrm{Bernoulli}(1-p)`;
+    one mask per call, so every sequence and every time step of a forward pass share it. It is a
+    :class:`~dropout_course.layers.Dropout` applied to the weight (same generator, zeros at ``p = 1``,
+    identity in eval mode); ``shares_mask_across_batch`` tells MC-dropout code that the copies of a
+    repeated batch would not get independent masks.
+
+    Shape: any weight shape; output the same.
+    """
+
+    shares_mask_across_batch = True
 
 
 class CharRNN(nn.Module):
-    """Character-level LSTM sequence classifier with every dropout site of the RNN literature.
+    r"""Character-level recurrent sequence classifier (LSTM or tanh RNN) with every dropout site of the RNN
+    literature, each a dropout module of :mod:`dropout_course.layers` (seeded by its ``generator``,
+    switched on by MC-dropout mode, zeros at ``p = 1``).
 
-    Sites: ``embedding_dropout`` (Gal & Ghahramani's word dropout on the embedding matrix),
-    ``input_dropout`` / ``between_dropout`` / ``output_dropout`` (non-recurrent, Zaremba et al. 2014,
-    locked over time if ``locked``), ``recurrent_dropout`` on :math:`h_{t-1}` (``recurrent_mask="locked"``
-    is variational dropout; ``"per_step"`` is the naive fresh-mask-per-step variant), and
-    ``weight_drop`` on :math:`W_{hh}` (AWD-LSTM).
+    Sites: ``embedding_dropout`` (Gal & Ghahramani's word dropout: a dropped character type is zeroed
+    everywhere in its sequence; one mask per sequence), ``input_dropout`` / ``between_dropout`` /
+    ``output_dropout`` (non-recurrent, Zaremba et al. 2014, locked over time if ``locked``),
+    ``recurrent_dropout`` on :math:`h_{t-1}` (``recurrent_mask="locked"``: one mask per sequence, the
+    variational RNN; ``"per_step"``: the naive fresh mask per step), and ``weight_drop`` on :math:`W_{hh}`
+    (AWD-LSTM, one mask per batch).
 
-    The LSTM is unrolled by hand so that masks can act inside the recurrence:
+    With ``cell="lstm"``:
 
     .. math::
-        (i, f, g, o) = W_{ih} x_t + W_{hh} (m \\odot h_{t-1}) + b, \\quad
-        c_t = \\sigma(f) c_{t-1} + \\sigma(i) \\tanh(g), \\quad h_t = \\sigma(o) \\tanh(c_t)
+        (i, f, g, o) = W_{ih} x_t + W_{hh} (m \odot h_{t-1}) + b, \quad
+        c_t = \sigma(f) c_{t-1} + \sigma(i) \tanh(g), \quad h_t = \sigma(o) \tanh(c_t)
+
+    (the cell state :math:`c` carries memory past the mask); with ``cell="tanh"``
+    :math:`h_t = \tanh(W_{ih} x_t + W_{hh} (m \odot h_{t-1}) + b)`, so every memory passes the mask.
+    The recurrence is unrolled step by step in Python only while a recurrent mask is active; otherwise
+    (no recurrent dropout, or eval mode) PyTorch's fused kernel runs the same equations, with the
+    weight-dropped :math:`W_{hh}` if any.
 
     Shape: input (N, T) int64 character codes right-padded with 0; output logits (N, n_classes),
     read from the last layer's state at each sequence's last real character.
@@ -206,63 +232,74 @@ class CharRNN(nn.Module):
         )
         if config.recurrent_mask not in ("locked", "per_step"):
             raise ValueError(f"recurrent_mask must be 'locked' or 'per_step', got {config.recurrent_mask!r}")
+        if config.cell not in ("lstm", "tanh"):
+            raise ValueError(f"cell must be 'lstm' or 'tanh', got {config.cell!r}")
         self.config = config
+        self.n_gates = 4 if config.cell == "lstm" else 1
         self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
         sizes = [config.embed_dim] + [config.hidden_size] * config.num_layers
         self.input_proj = nn.ModuleList(
-            nn.Linear(sizes[k], 4 * config.hidden_size) for k in range(config.num_layers)
+            nn.Linear(sizes[k], self.n_gates * config.hidden_size) for k in range(config.num_layers)
         )
         self.hidden_proj = nn.ModuleList(
-            nn.Linear(config.hidden_size, 4 * config.hidden_size, bias=False)
+            nn.Linear(config.hidden_size, self.n_gates * config.hidden_size, bias=False)
             for _ in range(config.num_layers)
         )
         site = LockedDropout if config.locked else Dropout
+        self.embedding_dropout = Dropout(config.embedding_dropout)  # draws the (N, vocab) keep mask
         self.input_dropout = site(config.input_dropout)
         self.between_dropout = site(config.between_dropout)
         self.output_dropout = site(config.output_dropout)
+        self.recurrent_dropout = Dropout(config.recurrent_dropout)  # draws the (N, H) masks on h_{t-1}
+        self.weight_drop = WeightDrop(config.weight_drop)
         self.head = nn.Linear(config.hidden_size, config.n_classes)
 
     def _embed(self, tokens: Tensor) -> Tensor:
-        weight = self.embedding.weight
-        p = self.config.embedding_dropout
-        if self.training and p > 0:
-            keep = torch.empty(weight.shape[0], 1, device=weight.device).bernoulli_(1 - p) / (1 - p)
-            weight = weight * keep  # the same characters are dropped everywhere in the batch
-        return nn.functional.embedding(tokens, weight, padding_idx=0)
+        """Embeddings (N, T, E); a dropped character type is zeroed at every position of its sequence."""
+        x = self.embedding(tokens)  # (N, T, E)
+        site = self.embedding_dropout
+        if not site.training or site.p == 0:
+            return x
+        keep = site(x.new_ones(len(tokens), self.config.vocab_size))  # (N, V): 0 or 1/(1-p) per type
+        return x * keep.gather(1, tokens).unsqueeze(-1)  # (N, T, 1) broadcast over E
 
-    def _recurrent_mask(self, shape, like: Tensor) -> Tensor | None:
-        p = self.config.recurrent_dropout
-        if not self.training or p == 0:
-            return None
-        if p == 1:
-            return like.new_zeros(shape)
-        return like.new_empty(shape).bernoulli_(1 - p) / (1 - p)
+    def _recurrence_active(self) -> bool:
+        site = self.recurrent_dropout
+        return site.training and site.p > 0
 
     def _run_layer(self, k: int, x: Tensor) -> Tensor:
-        """One LSTM layer over the whole sequence: x (N, T, D) -> outputs (N, T, H)."""
+        """One recurrent layer over the whole sequence: x (N, T, D) -> outputs (N, T, H)."""
         n, steps, _ = x.shape
         hidden = self.config.hidden_size
-        w_hh = self.hidden_proj[k].weight  # (4H, H)
-        if self.training and self.config.weight_drop > 0:
-            p = self.config.weight_drop
-            w_hh = w_hh * (torch.empty_like(w_hh).bernoulli_(1 - p) / (1 - p)) if p < 1 else w_hh * 0.0
-        gates_x = self.input_proj[k](x)  # (N, T, 4H), all time steps at once
+        w_hh = self.weight_drop(self.hidden_proj[k].weight)  # (G*H, H), one mask for the whole batch
+        proj = self.input_proj[k]
+        if not self._recurrence_active():  # no mask inside the recurrence: the fused kernel
+            h0 = x.new_zeros(1, n, hidden)
+            params = [proj.weight, w_hh, proj.bias, torch.zeros_like(proj.bias)]
+            if self.config.cell == "lstm":
+                out, _, _ = torch.lstm(x, (h0, h0), params, True, 1, 0.0, self.training, False, True)
+            else:
+                out, _ = torch.rnn_tanh(x, h0, params, True, 1, 0.0, self.training, False, True)
+            return out
+        gates_x = proj(x).transpose(0, 1).contiguous()  # (T, N, G*H), all time steps at once
+        w_t = w_hh.t()  # (H, G*H)
+        ones = x.new_ones(n, hidden)
+        locked = self.config.recurrent_mask == "locked"
+        mask = self.recurrent_dropout(ones) if locked else None  # (N, H), the same at every step
         h = x.new_zeros(n, hidden)
         c = x.new_zeros(n, hidden)
-        locked_mask = self._recurrent_mask((n, hidden), x) if self.config.recurrent_mask == "locked" else None
         outputs = []
         for t in range(steps):
-            mask = (
-                locked_mask
-                if self.config.recurrent_mask == "locked"
-                else self._recurrent_mask((n, hidden), x)
-            )
-            h_in = h if mask is None else h * mask
-            i, f, g, o = (gates_x[:, t] + h_in @ w_hh.T).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
+            m = mask if locked else self.recurrent_dropout(ones)  # fresh (N, H) mask per step
+            pre = torch.addmm(gates_x[t], h * m, w_t)  # (N, G*H)
+            if self.config.cell == "lstm":
+                i, f, g, o = pre.chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            else:
+                h = torch.tanh(pre)
             outputs.append(h)
-        return torch.stack(outputs, dim=1)
+        return torch.stack(outputs, dim=1)  # (N, T, H)
 
     def forward(self, tokens: Tensor) -> Tensor:
         if tokens.dtype != torch.int64 or tokens.dim() != 2:

@@ -164,3 +164,87 @@ def test_transformer_attention_maps_and_padding():
     assert len(maps) == 2 and maps[0].shape == (2, 2, 5, 5)
     assert torch.allclose(maps[0].sum(-1), torch.ones(2, 2, 5))
     assert torch.all(maps[0][0, :, :, 3:] == 0)  # padding gets no attention
+
+
+def _all_sites_at(model_cls, config, value):
+    """A copy of ``config`` with every dropout probability field set to ``value``."""
+    fields = {
+        name: value
+        for name, current in vars(config).items()
+        if isinstance(current, float) and ("dropout" in name or name in ("weight_drop", "drop_path"))
+    }
+    return model_cls(type(config)(**{**vars(config), **fields}))
+
+
+@pytest.mark.parametrize("index", range(len(models_and_inputs())))
+def test_every_site_at_p_one_gives_finite_outputs(index):
+    model, x, shape = models_and_inputs()[index]
+    full = _all_sites_at(type(model), model.config, 1.0)
+    torch.manual_seed(0)
+    full.train()
+    out = full(x)
+    assert out.shape == shape
+    assert torch.isfinite(out).all(), f"{type(model).__name__} with every site at p = 1 gave {out}"
+    out.sum().backward()
+    grads = [p.grad for p in full.parameters() if p.grad is not None]
+    assert all(torch.isfinite(g).all() for g in grads), "gradients must be finite at p = 1"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "tanh"])
+def test_charrnn_fused_kernel_matches_the_unrolled_loop(cell):
+    torch.manual_seed(0)
+    model = CharRNN(
+        CharRNNConfig(vocab_size=10, n_classes=3, embed_dim=6, hidden_size=5, num_layers=2, cell=cell)
+    )
+    model.train()
+    fused = model(TOKENS)  # no recurrent mask: PyTorch's fused kernel
+    model.recurrent_dropout.p = 1e-12  # a mask of ones (scaled by 1 + 1e-12): the Python loop
+    looped = model(TOKENS)
+    assert torch.allclose(fused, looped, atol=1e-6)
+
+
+def test_charrnn_sites_are_modules_that_follow_the_generator():
+    from dropout_course.layers import Dropout, LockedDropout
+
+    config = CharRNNConfig(
+        vocab_size=10,
+        n_classes=3,
+        embed_dim=6,
+        hidden_size=5,
+        embedding_dropout=0.3,
+        input_dropout=0.3,
+        output_dropout=0.3,
+        recurrent_dropout=0.3,
+        weight_drop=0.3,
+        locked=True,
+    )
+    model = CharRNN(config)
+    sites = ["embedding_dropout", "input_dropout", "output_dropout", "recurrent_dropout", "weight_drop"]
+    for name in sites:
+        assert isinstance(getattr(model, name), (Dropout, LockedDropout)), name
+    model.train()
+
+    def run(seed):
+        for name in sites:
+            getattr(model, name).generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed + 100)  # the global RNG must not matter
+        return model(TOKENS)
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+    model.eval()
+    for name in sites:  # MC-dropout mode switches exactly these modules on
+        getattr(model, name).train()
+    assert not torch.equal(run(1), run(2)), "with only the dropout modules in train mode, outputs vary"
+
+
+def test_charrnn_embedding_dropout_drops_a_character_everywhere_in_its_sequence():
+    model = CharRNN(CharRNNConfig(vocab_size=10, n_classes=3, embed_dim=6, embedding_dropout=0.5))
+    model.train()
+    tokens = torch.tensor([[3, 3, 3, 4, 4, 4]] * 50)
+    emb = model._embed(tokens)  # (N, T, E)
+    zero = (emb == 0).all(-1)  # (N, T): dropped positions
+    assert torch.equal(zero[:, :3], zero[:, :1].expand(-1, 3)) and torch.equal(
+        zero[:, 3:], zero[:, 3:4].expand(-1, 3)
+    )
+    assert 0 < zero[:, 0].float().mean() < 1 and not torch.equal(zero[:, 0], zero[:, 0][0].expand(50))
