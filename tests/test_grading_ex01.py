@@ -85,15 +85,19 @@ def test_correct_dropout_forward_gets_full_marks(grader, fn):
     assert hidden.passed, "\n".join(hidden.messages)
 
 
-def test_reference_layers_pass(grader):
+def test_reference_layers_are_not_credited(grader):
     from dropout_course.layers import Dropout, dropout, dropout_backward_numpy, dropout_forward_numpy
 
-    assert grader.check("dropout_forward", dropout).passed
-    assert grader.check("Dropout", Dropout).passed
-    assert grader.check("dropout_forward_numpy", dropout_forward_numpy).passed
-    assert grader.check(
-        "dropout_backward_numpy", dropout_backward_numpy, forward=dropout_forward_numpy
-    ).passed
+    cases = [
+        ("dropout_forward", dropout, {}),
+        ("Dropout", Dropout, {}),
+        ("dropout_forward_numpy", dropout_forward_numpy, {}),
+        ("dropout_backward_numpy", dropout_backward_numpy, {"forward": dropout_forward_numpy}),
+    ]
+    for name, ref, extra in cases:
+        result = grader.check(name, ref, **extra)
+        assert result.score == 0, "\n".join(result.messages)
+        assert f"calls dropout_course.layers.{ref.__name__}" in result.messages[0], result.messages[0]
 
 
 # --------------------------------------------------------------------------- wrong dropout_forward
@@ -241,10 +245,12 @@ WRONG = {
     cached_mask: ["the same mask on every call"],
     nan_at_one: ["p=1 gives NaN"],
     float32_mask: ["wrong dtype: a float64 input gives a torch.float32 output"],
-    uses_f_dropout: ["calls torch's own dropout (torch.nn.functional.dropout)"],
-    uses_module: ["calls torch's own dropout", "torch.nn.Dropout"],
-    uses_torch_dropout: ["calls torch's own dropout (torch.dropout)"],
-    uses_alias: ["calls torch's own dropout (torch.nn.functional.dropout)"],
+    uses_f_dropout: [
+        "not credited: calls torch.nn.functional.dropout: the task is to write dropout yourself"
+    ],
+    uses_module: ["not credited: calls torch.nn", "the task is to write dropout yourself"],
+    uses_torch_dropout: ["not credited: calls torch.dropout"],
+    uses_alias: ["not credited: calls torch.nn.functional.dropout"],
     returns_numpy: ["returns a NumPy array"],
     returns_nothing: ["returns None: did you forget the `return` statement?"],
     crashes: ["raised NameError: name 'mask' is not defined (line"],
@@ -357,7 +363,7 @@ def test_correct_modules_pass(grader, fwd):
         (make_module(check_p=False), ["`Candidate(-0.1)` is accepted", "raise ValueError"]),
         (make_module(own_flag=True), ["dropout is still applied in eval mode"]),
         (make_module(no_rescale), ["kept values are not rescaled"]),
-        (WrapsTorch, ["wraps torch's Dropout", "calls torch's own dropout"]),
+        (WrapsTorch, ["not credited: calls torch.nn", "the task is to write dropout yourself"]),
         (NotAModule, ["expected a class derived from torch.nn.Module"]),
     ],
     ids=["no-p-check", "own-flag", "no-rescale", "wraps-torch", "not-module"],
@@ -478,3 +484,249 @@ def python_division(x, p, training=True):
 
 def test_zero_division_at_p_one_gets_a_hint(grader):
     _fails_with(grader.check("dropout_forward", python_division), "p=1 divides by zero", "return zeros")
+
+
+# --------------------------------------------------------------------------- not the learner's own code
+#
+# Using torch's dropout (any entry point) or the course's reference code where the task is to write it
+# costs the whole check, and the finding names what was used. Three detectors: a runtime trace, a static
+# scan of the source, and a fingerprint of the behaviour (checked here on its own too, as the grading
+# judge sees only what a sandboxed candidate returns).
+
+import dropout_course.layers as course_layers  # noqa: E402
+from dropout_course.grading.core import CheckContext  # noqa: E402
+from dropout_course.grading.detect import scan_source  # noqa: E402
+
+_SAVED_VF = torch._VF.dropout
+
+
+def cheat_vf_saved(x, p, training=True):
+    return _SAVED_VF(x, p, training)
+
+
+def cheat_aten_dropout(x, p, training=True):
+    return torch.ops.aten.dropout(x, p, training)
+
+
+def cheat_aten_native(x, p, training=True):
+    return torch.ops.aten.native_dropout(x, p, training)[0] if training else x
+
+
+def cheat_aten_feature(x, p, training=True):
+    return torch.ops.aten.feature_dropout(x, p, training)
+
+
+def cheat_feature_dropout(x, p, training=True):
+    return torch.feature_dropout(x, p, training)
+
+
+def cheat_alpha_dropout(x, p, training=True):
+    return torch.alpha_dropout(x, p, training)
+
+
+def cheat_getattr(x, p, training=True):
+    return getattr(F, "drop" + "out")(x, p, training)
+
+
+def cheat_course_function(x, p, training=True):
+    return course_layers.dropout(x, p, training)
+
+
+def cheat_course_module(x, p, training=True):
+    layer = course_layers.Dropout(p)
+    layer.train(training)
+    return layer(x)
+
+
+def cheat_course_droppath(x, p, training=True):
+    return course_layers.DropConnectLinear  # only referenced: the static scan names it
+
+
+class CheatSubclass(course_layers.Dropout):
+    pass
+
+
+class CheatModuleNative(nn.Module):
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(p)
+        self.p = p
+
+    def forward(self, x):
+        return torch.ops.aten.native_dropout(x, self.p, self.training)[0]
+
+
+DETECTED = {
+    uses_f_dropout: "torch.nn.functional.dropout",
+    uses_module: "torch.nn",
+    uses_torch_dropout: "torch.dropout",
+    uses_alias: "torch.nn.functional.dropout",
+    cheat_vf_saved: "torch.dropout",
+    cheat_aten_dropout: "torch.ops.aten.dropout",
+    cheat_aten_native: "torch.ops.aten.native_dropout",
+    cheat_aten_feature: "torch.ops.aten.feature_dropout",
+    cheat_feature_dropout: "torch.feature_dropout",
+    cheat_alpha_dropout: "torch.alpha_dropout",
+    cheat_getattr: "torch.nn.functional.dropout",
+    cheat_course_function: "dropout_course.layers.dropout",
+    cheat_course_module: "dropout_course.layers.Dropout",
+}
+
+
+@pytest.mark.parametrize("fn", list(DETECTED), ids=[f.__name__ for f in DETECTED])
+def test_torch_and_course_dropout_cost_the_whole_check(grader, fn):
+    for name in ("dropout_forward", "dropout_forward_hidden"):
+        result = grader.check(name, fn)
+        assert result.score == 0, "\n".join(result.messages)
+        assert DETECTED[fn] in result.messages[0], result.messages[0]
+        assert "the task is to write dropout yourself" in result.messages[0]
+
+
+@pytest.mark.parametrize(
+    "cls, fragment",
+    [
+        (course_layers.Dropout, "dropout_course.layers.Dropout"),
+        (CheatSubclass, "dropout_course.layers.Dropout"),
+        (CheatModuleNative, "torch.ops.aten.native_dropout"),
+        (WrapsTorch, "torch.nn"),
+    ],
+)
+def test_modules_using_torch_or_course_dropout_get_nothing(grader, cls, fragment):
+    result = grader.check("Dropout", cls)
+    assert result.score == 0, "\n".join(result.messages)
+    assert fragment in result.messages[0]
+
+
+_SOLUTION = """
+def dropout_forward(x, p, training=True):
+    if not training or p == 0.0:
+        return x
+    return x * (torch.rand_like(x) >= p).to(x.dtype) / (1.0 - p)
+"""
+
+
+def cheat_exec_at_call_time(x, p, training=True):
+    namespace = {"torch": torch}
+    exec(_SOLUTION, namespace)  # e.g. a solution cell read from a notebook
+    return namespace["dropout_forward"](x, p, training)
+
+
+def test_code_executed_at_call_time_is_not_credited(grader):
+    result = grader.check("dropout_forward", cheat_exec_at_call_time)
+    assert result.score == 0 and "exec() (code built at run time)" in result.messages[0], result.messages
+
+
+FORBIDDEN_SOURCES = {
+    "from torch import dropout as d\ndef f(x, p, training=True):\n    return d(x, p, training)": "torch.dropout",
+    "import torch\ndef f(x, p, training=True):\n    return torch._VF.dropout(x, p, training)": "torch._VF",
+    "import torch as T\ndef f(x, p, t=True):\n    return T.ops.aten.native_dropout(x, p, t)[0]": "native_dropout",
+    "from torch.nn import functional\ndef f(x, p, t=True):\n    return functional.dropout(x, p)": "dropout",
+    "from dropout_course import layers as L\ndef f(x, p, t=True):\n    return L.dropout(x, p)": "layers.dropout",
+    "from dropout_course.layers import Dropout\nclass D(Dropout):\n    pass": "layers.Dropout",
+    "def f(x, p, t=True):\n    exec(open('exercises/source/ex01.ipynb').read())": "exec",
+    "import importlib\ndef f(x, p, t=True):\n    return importlib.import_module('torch').dropout(x, p, t)": "import_module",
+    "from dropout_course.grading.release import x\ndef f(x, p, t=True):\n    return x(p)": "grading.release",
+}
+
+
+@pytest.mark.parametrize("source", list(FORBIDDEN_SOURCES))
+def test_static_scan_names_what_the_source_uses(grader, source):
+    names = scan_source(source, grader.specs["dropout_forward"].originality)
+    assert any(FORBIDDEN_SOURCES[source] in n for n in names), names
+
+
+def test_static_scan_leaves_own_code_alone(grader):
+    source = (
+        "import torch\nfrom torch import nn\nfrom dropout_course.layers import check_probability\n"
+        "def dropout_forward(x, p, training=True):\n"
+        '    """Unlike torch.nn.functional.dropout, this is mine."""\n'
+        "    check_probability(p)\n"
+        "    self_dropout = torch.rand_like(x) >= p  # not F.dropout\n"
+        "    return x * self_dropout / (1 - p)\n"
+    )
+    assert scan_source(source, grader.specs["dropout_forward"].originality) == []
+
+
+def test_source_passed_by_the_judge_is_scanned(grader):
+    text = "def dropout_forward(x, p, training=True):\n    return torch.nn.functional.dropout(x, p)\n"
+    result = grader.check("dropout_forward", ok_rand, source="import torch\n" + text)
+    assert result.score == 0 and "uses torch.nn.functional.dropout" in result.messages[0]
+
+
+class _Proxy:
+    """Stands for a sandboxed candidate: only calls go through (no source, no trace of its insides)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        with torch._C.DisableTorchFunction():
+            return self.fn(*args, **kwargs)
+
+
+def _fingerprint(grader, name, candidate):
+    spec = grader.specs[name]
+    ctx = CheckContext(candidate, 2.0, grader.seed, {"source": ""}, spec.originality)
+    return spec.originality.fingerprint(ctx)
+
+
+@pytest.mark.parametrize(
+    "cheat, whose",
+    [
+        (uses_f_dropout, "torch's dropout"),
+        (uses_torch_dropout, "torch's dropout"),
+        (cheat_vf_saved, "torch's dropout"),
+        (cheat_aten_dropout, "torch's dropout"),
+        (cheat_course_function, "the course's reference"),
+        (cheat_course_module, "the course's reference"),
+    ],
+)
+def test_fingerprint_alone_names_torch_and_the_course(grader, cheat, whose):
+    finding = _fingerprint(grader, "dropout_forward", _Proxy(cheat))
+    assert finding and whose in finding, finding
+
+
+def _bernoulli_torch_text(x, p, training=True):
+    if not 0 <= p <= 1:  # torch's own message, copied from nn.Dropout's source
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return torch.zeros_like(x)
+    return x * (torch.rand_like(x) < 1 - p) / (1 - p)
+
+
+def _bernoulli_like_torch(x, p, training=True):
+    if not 0 <= p <= 1:
+        raise ValueError("p out of range")
+    if not training or p == 0.0:
+        return x
+    if p == 1:
+        return torch.zeros_like(x)
+    return x * torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)  # the very mask torch draws
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        ok_rand,
+        ok_bernoulli,
+        ok_numpy,
+        ok_where_other_rng_order,
+        ok_empty_bernoulli_,
+        _bernoulli_torch_text,
+        _bernoulli_like_torch,
+    ],
+)
+def test_fingerprint_leaves_from_scratch_code_alone(grader, fn):
+    assert _fingerprint(grader, "dropout_forward", _Proxy(fn)) is None
+    result = grader.check("dropout_forward", fn)
+    assert result.passed, "\n".join(result.messages)
+
+
+def test_fingerprint_of_the_module_and_numpy(grader):
+    assert "reference" in _fingerprint(grader, "Dropout", _Proxy(course_layers.Dropout))
+    assert "reference" in _fingerprint(grader, "dropout_forward_numpy", course_layers.dropout_forward_numpy)
+    assert _fingerprint(grader, "dropout_forward_numpy", np_ok_rng_order) is None
+    assert _fingerprint(grader, "Dropout", _Proxy(make_module(ok_empty_bernoulli_))) is None

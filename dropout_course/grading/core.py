@@ -9,11 +9,22 @@ with a readable reason; grading never raises and never hangs.
 ``ctx.call(fn, *args)`` is how properties call learner code: arguments are deep-copied, the call has a
 time limit (``signal.setitimer`` in the main thread, a watchdog thread elsewhere), and torch's own
 dropout functions are spied on so that "use torch's dropout" can be diagnosed by name.
+
+A check whose task is to write something the course or torch already has carries an
+:class:`~.detect.Originality`: calls of torch's dropout or of the course's reference code (runtime trace),
+their names in the learner's source (``grader.check(name, fn, source=text)``; in a notebook the
+candidate's own source) and a behavioural fingerprint computed from the candidate's outputs each cost the
+whole check, every property reporting the finding.
+
+Candidates may be proxies whose calls run in another process (the instructor's grading worker): checks
+only call them and look at what they return. Such a judge passes ``seed_rng=callable(seed)`` to
+:meth:`Grader.check` so that :meth:`CheckContext.seeded` seeds the worker's global RNGs.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import html
 import json
 import os
@@ -27,6 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .detect import Originality, Trace, candidate_source, scan_source
+
 RESULTS_ENV_VAR = "DROPOUT_COURSE_RESULTS"
 DEFAULT_TIME_LIMIT = 10.0
 
@@ -39,6 +52,7 @@ __all__ = [
     "Grader",
     "register",
     "CheckContext",
+    "Originality",
 ]
 
 
@@ -62,6 +76,7 @@ class Property:
     name: str
     points: float
     test: Callable[[CheckContext], None]
+    tags: frozenset[str] = frozenset()
 
 
 @contextmanager
@@ -96,6 +111,7 @@ class CheckSpec:
     properties: list[Property]
     hidden: bool = False
     description: str = ""
+    originality: Originality | None = None
 
     @property
     def max_score(self) -> float:
@@ -272,6 +288,7 @@ def spy_torch_dropout(calls: list[str]):
             return
         had = name in getattr(owner, "__dict__", {})
 
+        @functools.wraps(original)
         def spy(*args, **kwargs):
             if when is None or when(args, kwargs):
                 calls.append(label)
@@ -383,7 +400,9 @@ def preserved_global_rngs(seed: int):
 class CheckContext:
     """What a property test gets: the candidate, extra context, a safe ``call`` and a shared cache."""
 
-    def __init__(self, candidate, time_limit: float, seed: int, extra: dict) -> None:
+    def __init__(
+        self, candidate, time_limit: float, seed: int, extra: dict, originality: Originality | None = None
+    ) -> None:
         self.candidate = candidate
         self.time_limit = time_limit
         self.seed = seed
@@ -391,17 +410,55 @@ class CheckContext:
         self.cache: dict = {}
         self.torch_dropout_calls: list[str] = []
         self.timed_out = ""
+        self.trace = Trace(originality)
 
     def fail_if_torch_dropout(self, fix: str) -> None:
         """Raise :class:`Fail` naming torch's dropout functions the learner's code called, then ``fix``."""
-        if self.torch_dropout_calls:
-            used = ", ".join(sorted(set(self.torch_dropout_calls)))
+        calls = self.torch_dropout_calls + [c for c in self.trace.findings if c.startswith("torch")]
+        if calls:
+            used = ", ".join(sorted(set(calls)))
             raise Fail(f"calls torch's own dropout ({used}): {fix}")
 
-    def call(self, fn, *args, copy_args: bool = True, **kwargs):
+    @contextmanager
+    def seeded(self, seed: int, local: bool = False):
+        """Seed the global RNGs the candidate draws from (restored after); ``local``: this process only.
+
+        When the candidate runs in another process, the judge's ``seed_rng`` hook (an ``extra`` of the
+        check) seeds that process instead.
+        """
+        hook = None if local else self.extra.get("seed_rng")
+        if hook is not None:
+            hook(seed)
+            yield
+            return
+        with preserved_global_rngs(seed):
+            yield
+
+    def originality_finding(self, originality: Originality) -> str | None:
+        """What the three detectors found (runtime trace, static scan, fingerprint), or None."""
+        found = self.trace.describe()
+        if found:
+            return found
+        source = self.extra.get("source")
+        if source is None:
+            source = candidate_source(self.candidate)
+        if source:
+            names = scan_source(source, originality)
+            if names:
+                return "uses " + ", ".join(names)
+        if originality.fingerprint is not None:
+            try:
+                with preserved_global_rngs(self.seed), one_torch_thread():
+                    return originality.fingerprint(self)
+            except Fail:
+                return None
+        return None
+
+    def call(self, fn, *args, copy_args: bool = True, traced: bool = True, **kwargs):
         """Call learner code safely: deep-copied arguments, time limit, spying on torch's dropout.
 
         Raises :class:`Fail` with a readable reason if the code raises or runs past the time limit.
+        ``traced=False`` for learner code that is not the candidate (not judged for originality here).
         """
         if copy_args:
             args = copy.deepcopy(args)
@@ -409,9 +466,15 @@ class CheckContext:
         name = getattr(fn, "__name__", type(fn).__name__)
         if self.timed_out:  # one time-out per check is enough: do not wait again for every property
             raise Fail(self.timed_out)
+
+        def run():
+            if not traced:  # learner code other than the candidate (e.g. their forward pass passed along)
+                return fn(*args, **kwargs)
+            with spy_torch_dropout(self.torch_dropout_calls), self.trace.active():
+                return fn(*args, **kwargs)
+
         try:
-            with spy_torch_dropout(self.torch_dropout_calls):
-                return run_with_time_limit(lambda: fn(*args, **kwargs), self.time_limit)
+            return run_with_time_limit(run, self.time_limit)
         except CandidateTimeout:
             self.timed_out = (
                 f"`{name}` did not finish within {self.time_limit:g} s (an endless loop, or far too slow)"
@@ -521,7 +584,7 @@ class Grader:
             )
             return result
         result = CheckResult(self.exercise, name)
-        ctx = CheckContext(candidate, self.time_limit, self.seed, extra)
+        ctx = CheckContext(candidate, self.time_limit, self.seed, extra, spec.originality)
         for prop in spec.properties:
             passed, diagnosis = False, ""
             try:
@@ -537,6 +600,20 @@ class Grader:
             result.properties.append(
                 PropertyResult(prop.name, prop.points if passed else 0.0, prop.points, passed, diagnosis)
             )
+        if spec.originality is not None and candidate is not None:
+            finding = None
+            try:
+                finding = ctx.originality_finding(spec.originality)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # noqa: BLE001 - a detector failing must not crash grading
+                finding = None
+            if finding:
+                reason = f"not credited: {finding}: the task is to {spec.originality.task}"
+                result.error = reason
+                for prop in result.properties:
+                    prop.points, prop.passed = 0.0, False
+                    prop.diagnosis = "not credited: uses code the task is to write (see above)"
         self.results[name] = result
         _record(result)
         return result

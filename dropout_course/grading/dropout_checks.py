@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .core import CheckContext, Fail, Property, fail_if_torch_dropout_module
+from .detect import fingerprint, probe_error_text
 from .masks import (
     as_tensor_output,
     check_finite,
@@ -53,13 +54,67 @@ def function_caller(ctx: CheckContext, x: torch.Tensor, p: float, training: bool
     return ctx.call(ctx.candidate, x, p, training, copy_args=False)
 
 
+def module_instance(ctx: CheckContext, p: float):
+    """The ONE instance of the learner's class for ``p`` in this check (built on first use, then reused, so
+    that state kept on the instance between calls, such as a cached mask, shows)."""
+
+    def build():
+        module = ctx.call(ctx.candidate, p)
+        if not isinstance(module, nn.Module):
+            raise Fail(f"`{_name(ctx.candidate)}(p)` is not an nn.Module: subclass torch.nn.Module")
+        return module
+
+    return ctx.memo(("instance", p), build)
+
+
 def module_caller(ctx: CheckContext, x: torch.Tensor, p: float, training: bool):
-    """Instantiate the learner's class with ``p``, set train/eval mode, call it on ``x``."""
-    module = ctx.call(ctx.candidate, p)
-    if not isinstance(module, nn.Module):
-        raise Fail(f"`{ctx.candidate.__name__}(p)` is not an nn.Module: subclass torch.nn.Module")
+    """Call the check's instance of the learner's class for ``p`` on ``x`` in train or eval mode."""
+    module = module_instance(ctx, p)
     ctx.call(module.train if training else module.eval, copy_args=False)
     return ctx.call(module, x, copy_args=False)
+
+
+def _name(candidate) -> str:
+    return getattr(candidate, "__name__", type(candidate).__name__)
+
+
+def variant_fingerprint(
+    v: Variant,
+    references: list[Callable[[torch.Tensor, float], torch.Tensor]],
+    is_module: bool = False,
+):
+    """A fingerprint (see :func:`.detect.fingerprint`) of a dropout-variant candidate (a function
+    ``f(x, p, training)`` or a module class ``C(p)``) against torch's and the course's implementations
+    (``references(x, p) -> y``)."""
+
+    def fp(ctx: CheckContext):
+        x = make_input(v.shape, 321)
+        refs = list(references)
+        if is_module:
+
+            def run(p):
+                module = ctx.call(ctx.candidate, p)
+                ctx.call(module.train, copy_args=False)
+                return ctx.call(module, x.clone(), copy_args=False)
+
+            def probe():
+                text = probe_error_text(ctx, ctx.candidate, 1.5)
+                if text:
+                    return text
+                module = ctx.call(ctx.candidate, 1.5)
+                return probe_error_text(ctx, module, x.clone())
+
+        else:
+
+            def run(p):
+                return ctx.call(ctx.candidate, x.clone(), p, True, copy_args=False)
+
+            def probe():
+                return probe_error_text(ctx, ctx.candidate, x.clone(), 1.5, True)
+
+        return fingerprint(ctx, run, [lambda p, r=r: r(x.clone(), p) for r in refs], probe)
+
+    return fp
 
 
 def _run(
@@ -284,13 +339,17 @@ def module_properties(v: Variant) -> list[Property]:
 
     def is_module(ctx):
         cls = ctx.candidate
-        if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        if not callable(cls):
             raise Fail(f"expected a class derived from torch.nn.Module, got {type(cls).__name__} {cls!r}")
         module = ctx.call(cls, 0.3)
+        if not isinstance(module, nn.Module):
+            raise Fail(
+                f"expected a class derived from torch.nn.Module, got {_name(cls)}(p) = a {type(module).__name__}"
+            )
         fail_if_torch_dropout_module(module, "wraps", "write the dropout yourself")
 
     def train_eval_toggle(ctx):
-        module = ctx.call(ctx.candidate, 0.5)
+        module = module_instance(ctx, 0.5)
         x = make_input(v.shape, 11)
         ctx.call(module.eval, copy_args=False)
         y_eval = as_tensor_output(ctx.call(module, x), x, v.fn_name)
@@ -304,7 +363,7 @@ def module_properties(v: Variant) -> list[Property]:
             )
 
     def rejects_bad_p(ctx):
-        check_rejects_bad_p(ctx, lambda bad: ctx.call(ctx.candidate, bad), f"{ctx.candidate.__name__}({{p}})")
+        check_rejects_bad_p(ctx, lambda bad: ctx.call(ctx.candidate, bad), f"{_name(ctx.candidate)}({{p}})")
 
     props = [Property("is an nn.Module built from p", 1, is_module)]
     props += forward_properties(module_caller, v, is_module=True)

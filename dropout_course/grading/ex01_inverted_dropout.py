@@ -9,9 +9,19 @@ Checks: ``dropout_forward`` (``f(x, p, training=True) -> Tensor``), ``Dropout`` 
 from __future__ import annotations
 
 import numpy as np
+import torch.nn.functional as F
 
-from .core import CheckSpec, Fail, Property, register
-from .dropout_checks import ELEMENT, Variant, forward_properties, function_caller, module_properties
+from .. import layers
+from .core import CheckSpec, Fail, Originality, Property, register
+from .detect import fingerprint, probe_error_text
+from .dropout_checks import (
+    ELEMENT,
+    Variant,
+    forward_properties,
+    function_caller,
+    module_properties,
+    variant_fingerprint,
+)
 from .masks import (
     as_array_output,
     check_finite,
@@ -23,13 +33,46 @@ from .masks import (
 
 EXERCISE = "ex01_inverted_dropout"
 
+# what the exercise re-implements: the course's dropout family (check_probability stays allowed)
+REFERENCES = tuple(
+    f"dropout_course.layers:{name}"
+    for name in (
+        "dropout",
+        "Dropout",
+        "SpatialDropout",
+        "LockedDropout",
+        "GaussianDropout",
+        "DropPath",
+        "DropConnectLinear",
+        "dropout_forward_numpy",
+        "dropout_backward_numpy",
+    )
+)
+_ELEMENT_REFS = [lambda x, p: F.dropout(x, p, True), lambda x, p: layers.dropout(x, p, True)]
+_MODULE = Variant("Dropout", (200, 100), (0, 1))
+
+
+def _originality(fingerprint_fn=None) -> Originality:
+    return Originality("write dropout yourself", REFERENCES, fingerprint=fingerprint_fn)
+
+
 register(
     EXERCISE,
-    CheckSpec("dropout_forward", forward_properties(function_caller, ELEMENT), description="torch function"),
+    CheckSpec(
+        "dropout_forward",
+        forward_properties(function_caller, ELEMENT),
+        description="torch function",
+        originality=_originality(variant_fingerprint(ELEMENT, _ELEMENT_REFS)),
+    ),
 )
 register(
     EXERCISE,
-    CheckSpec("Dropout", module_properties(Variant("Dropout", (200, 100), (0, 1))), description="nn.Module"),
+    CheckSpec(
+        "Dropout",
+        module_properties(_MODULE),
+        description="nn.Module",
+        originality=_originality(variant_fingerprint(_MODULE, _ELEMENT_REFS, is_module=True)),
+    ),
 )
 
 _HIDDEN = Variant("dropout_forward", (16, 30, 20), (0, 1, 2))
@@ -37,13 +80,10 @@ register(
     EXERCISE,
     CheckSpec(
         "dropout_forward_hidden",
-        [
-            p
-            for p in forward_properties(function_caller, _HIDDEN, p_values=(0.1, 0.9))
-            if not p.name.startswith(("a fresh", "is the identity"))
-        ],
+        forward_properties(function_caller, _HIDDEN, p_values=(0.1, 0.9)),
         hidden=True,
         description="3-d input, p = 0.1 and 0.9",
+        originality=_originality(variant_fingerprint(_HIDDEN, _ELEMENT_REFS)),
     ),
 )
 
@@ -121,11 +161,35 @@ def _np_edge(ctx):
         raise Fail("p=0 should return the input unchanged")
 
 
+def _np_fingerprint(ctx):
+    x = _np_input(8, shape=(40, 30))
+    refs = [layers.dropout_forward_numpy]
+
+    def out_of(result):
+        return result[0] if isinstance(result, tuple) and len(result) == 2 else result
+
+    def run(p):
+        return out_of(
+            ctx.call(ctx.candidate, x.copy(), p, "train", np.random.default_rng(5), copy_args=False)
+        )
+
+    def ref_run(ref):
+        return lambda p: out_of(ref(x.copy(), p, "train", np.random.default_rng(5)))
+
+    def probe():
+        return probe_error_text(ctx, ctx.candidate, x.copy(), 1.5, "train", np.random.default_rng(5))
+
+    return fingerprint(ctx, run, [ref_run(r) for r in refs], probe)
+
+
 register(
     EXERCISE,
     CheckSpec(
         "dropout_forward_numpy",
-        [
+        originality=Originality(
+            "write dropout yourself in NumPy", REFERENCES, torch_dropout=True, fingerprint=_np_fingerprint
+        ),
+        properties=[
             Property("returns (out, cache) with out of the input's shape; x unchanged", 1, _np_returns),
             Property("drops a fraction p and scales the kept units by 1/(1-p)", 2, _np_fraction_and_scale),
             Property("is the identity in test mode", 1, _np_test_mode),
@@ -140,7 +204,7 @@ def _numerical_gradient(ctx, forward, x: np.ndarray, w: np.ndarray, p: float, mo
     """d sum(w * forward(x)) / dx by central differences, with the same rng seed for every evaluation."""
 
     def loss(z):
-        out = ctx.call(forward, z, p, mode, np.random.default_rng(7), copy_args=False)[0]
+        out = ctx.call(forward, z, p, mode, np.random.default_rng(7), copy_args=False, traced=False)[0]
         return float(np.sum(w * np.asarray(out, dtype=np.float64)))
 
     grad = np.zeros_like(x)
@@ -160,7 +224,7 @@ def _backward_case(ctx, p: float, mode: str):
         )
     x = _np_input(3, shape=(4, 6))
     w = _np_input(4, shape=(4, 6))
-    result = ctx.call(forward, x.copy(), p, mode, np.random.default_rng(7), copy_args=False)
+    result = ctx.call(forward, x.copy(), p, mode, np.random.default_rng(7), copy_args=False, traced=False)
     if not isinstance(result, tuple) or len(result) != 2:
         raise Fail("the forward pass must return (out, cache); fix dropout_forward_numpy first")
     out, cache = result
@@ -206,7 +270,8 @@ register(
     EXERCISE,
     CheckSpec(
         "dropout_backward_numpy",
-        [
+        originality=Originality("write the backward pass yourself", REFERENCES),
+        properties=[
             Property("matches the numerical gradient in train mode", 2, _bw_train),
             Property("passes the gradient through in test mode", 1, _bw_test),
         ],
