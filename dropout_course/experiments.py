@@ -6,7 +6,7 @@ every epoch and ``test_loss, test_acc, seconds, best_epoch`` at the last epoch. 
 ``n_train``) describe sweeps. :func:`final` and :func:`summarize` reduce them to tables.
 
 A configuration is a function ``make_model(seed) -> nn.Module``; the model is built inside
-``seeded(seed)`` so its initial weights, batch order and dropout masks are reproducible per seed.
+``config.seeded(seed)`` so its initial weights, batch order and dropout masks are reproducible per seed.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from torch import nn
 
+from .config import seeded
 from .data import DataSplits
-from .training import evaluate, fit, seeded
+from .training import evaluate, fit
 
 __all__ = ["compare", "sweep_p", "sweep_train_size", "final", "summarize"]
 

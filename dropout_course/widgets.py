@@ -482,6 +482,47 @@ def _mc_samples(model, x, T: int, seed: int):
     return out.reshape(T, len(x)).double().cpu().numpy()
 
 
+def _check_mc_models(models) -> None:
+    """``models`` must be a non-empty ``{p: nn.Module}`` whose modules each contain a dropout module."""
+    from torch import nn
+
+    from .layers import is_dropout_module
+
+    if not isinstance(models, Mapping) or not models:
+        raise TypeError(f"models must be a non-empty dict {{p: nn.Module}}, got {models!r:.80}")
+    for p, model in models.items():
+        _check_p(p, name=f"models key {p!r}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"models[{p!r}] must be a torch.nn.Module, got {type(model).__name__}")
+        if not any(is_dropout_module(m) for m in model.modules()):
+            raise ValueError(
+                f"models[{p!r}] ({type(model).__name__}) has no dropout layers: MC dropout needs some"
+            )
+
+
+def _check_regression_split(train) -> tuple[np.ndarray, np.ndarray]:
+    """``train.X`` and ``train.y`` of a 1-D regression split as (N, 1) arrays."""
+    if not (hasattr(train, "X") and hasattr(train, "y")):
+        raise TypeError(f"train must be a dropout_course.data.Split with X and y, got {type(train).__name__}")
+    X, y = _as_array(train.X, "train.X"), _as_array(train.y, "train.y")
+    if X.ndim != 2 or X.shape[1] != 1 or y.shape != X.shape:
+        raise ValueError(f"train.X and train.y must both have shape (N, 1), got {X.shape} and {y.shape}")
+    return X, y
+
+
+def _check_mc_grid(x_grid, max_T):
+    """The (G, 1) float grid (detached) and ``max_T`` as an int, after checking both."""
+    import torch
+
+    if not isinstance(x_grid, torch.Tensor):
+        raise TypeError(f"x_grid must be a torch.Tensor of shape (G, 1), got {type(x_grid).__name__}")
+    if x_grid.dim() != 2 or x_grid.shape[1] != 1 or len(x_grid) < 2:
+        raise ValueError(f"x_grid must have shape (G, 1) with G >= 2, got shape {tuple(x_grid.shape)}")
+    if isinstance(max_T, bool) or not isinstance(max_T, numbers.Integral) or max_T < 2:
+        raise ValueError(f"max_T must be an int >= 2, got {max_T!r}")
+    return x_grid.detach().float(), int(max_T)
+
+
 def mc_dropout_explorer(models, train, x_grid, max_T=200) -> Explorer:
     r"""Sliders for the number of MC samples ``T`` and the drop probability ``p`` of 1-D regressors.
 
@@ -504,34 +545,9 @@ def mc_dropout_explorer(models, train, x_grid, max_T=200) -> Explorer:
         The :class:`Explorer`; ``controls["T"]`` (IntSlider), ``controls["p"]`` (SelectionSlider);
         ``state`` holds ``mean`` and ``std`` (G,) of the current view.
     """
-    import torch
-    from torch import nn
-
-    from .uncertainty import dropout_modules
-
-    if not isinstance(models, Mapping) or not models:
-        raise TypeError(f"models must be a non-empty dict {{p: nn.Module}}, got {models!r:.80}")
-    for p, model in models.items():
-        _check_p(p, name=f"models key {p!r}")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"models[{p!r}] must be a torch.nn.Module, got {type(model).__name__}")
-        if not dropout_modules(model):
-            raise ValueError(
-                f"models[{p!r}] ({type(model).__name__}) has no dropout layers: MC dropout needs some"
-            )
-    if not (hasattr(train, "X") and hasattr(train, "y")):
-        raise TypeError(f"train must be a dropout_course.data.Split with X and y, got {type(train).__name__}")
-    X, y = _as_array(train.X, "train.X"), _as_array(train.y, "train.y")
-    if X.ndim != 2 or X.shape[1] != 1 or y.shape != X.shape:
-        raise ValueError(f"train.X and train.y must both have shape (N, 1), got {X.shape} and {y.shape}")
-    if not isinstance(x_grid, torch.Tensor):
-        raise TypeError(f"x_grid must be a torch.Tensor of shape (G, 1), got {type(x_grid).__name__}")
-    if x_grid.dim() != 2 or x_grid.shape[1] != 1 or len(x_grid) < 2:
-        raise ValueError(f"x_grid must have shape (G, 1) with G >= 2, got shape {tuple(x_grid.shape)}")
-    if isinstance(max_T, bool) or not isinstance(max_T, numbers.Integral) or max_T < 2:
-        raise ValueError(f"max_T must be an int >= 2, got {max_T!r}")
-    max_T = int(max_T)
-    grid = x_grid.detach().float()
+    _check_mc_models(models)
+    X, y = _check_regression_split(train)
+    grid, max_T = _check_mc_grid(x_grid, max_T)
     xs = grid[:, 0].cpu().numpy()
     ps = sorted(models)
     cache: dict = {}
