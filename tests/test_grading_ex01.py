@@ -730,3 +730,19 @@ def test_fingerprint_of_the_module_and_numpy(grader):
     assert "reference" in _fingerprint(grader, "dropout_forward_numpy", course_layers.dropout_forward_numpy)
     assert _fingerprint(grader, "dropout_forward_numpy", np_ok_rng_order) is None
     assert _fingerprint(grader, "Dropout", _Proxy(make_module(ok_empty_bernoulli_))) is None
+
+
+def test_static_scan_judges_the_candidate_and_what_it_uses(grader):
+    originality = grader.specs["dropout_forward"].originality
+    notebook = (
+        "import torch\nimport torch.nn.functional as F\n"
+        "print(F.dropout(torch.ones(3), 0.5))  # a scratch cell comparing with torch\n"
+        "def helper(x, p):\n    return x * (torch.rand_like(x) >= p) / (1 - p)\n"
+        "def dropout_forward(x, p, training=True):\n    return helper(x, p) if training else x\n"
+        "def cheat(x, p, training=True):\n    return F.dropout(x, p, training)\n"
+        "def uses_cheat(x, p, training=True):\n    return cheat(x, p, training)\n"
+        "from dropout_course.layers import dropout as imported\n"
+    )
+    assert scan_source(notebook, originality, "dropout_forward") == []
+    assert scan_source(notebook, originality, "uses_cheat") == ["torch.nn.functional.dropout"]
+    assert scan_source(notebook, originality, "imported") == ["dropout_course.layers.dropout"]

@@ -443,7 +443,7 @@ class CheckContext:
         if source is None:
             source = candidate_source(self.candidate)
         if source:
-            names = scan_source(source, originality)
+            names = scan_source(source, originality, getattr(self.candidate, "__name__", None))
             if names:
                 return "uses " + ", ".join(names)
         if originality.fingerprint is not None:

@@ -325,21 +325,73 @@ class _Scanner(ast.NodeVisitor):
         self.generic_visit(node)
 
 
-def scan_source(source: str, originality: Originality) -> list[str]:
-    """Names of forbidden things the source uses (resolved through imports and aliases); [] if none."""
+def _top_level_names(node) -> list[str]:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    targets = []
+    if isinstance(node, ast.Assign):
+        targets = node.targets
+    elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+        targets = [node.target]
+    names = []
+    for target in targets:
+        names += [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
+    return names
+
+
+def _reachable(tree: ast.Module, entry: str) -> list[ast.AST] | None:
+    """Top-level statements defining ``entry`` and, transitively, the top-level names they use; None if
+    ``entry`` is not defined (or imported) at top level."""
+    defs: dict[str, list[ast.AST]] = {}
+    imported = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imported |= {(a.asname or a.name).split(".")[0] for a in node.names}
+            continue
+        for name in _top_level_names(node):
+            defs.setdefault(name, []).append(node)
+    if entry not in defs:
+        return [] if entry in imported else None
+    seen: set[str] = set()
+    todo, nodes = [entry], []
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in defs:
+            continue
+        seen.add(name)
+        for node in defs[name]:
+            if node not in nodes:
+                nodes.append(node)
+            todo += [n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in defs]
+    return nodes
+
+
+def scan_source(source: str, originality: Originality, entry: str | None = None) -> list[str]:
+    """Names of forbidden things the source uses (resolved through imports and aliases); [] if none.
+
+    With ``entry`` (the candidate's name), only its definition and the top-level definitions it uses are
+    judged (imports anywhere resolve names), so a scratch cell comparing with torch's dropout costs
+    nothing; a candidate that is an imported name is judged by what it imports.
+    """
     try:
         tree = ast.parse(textwrap.dedent(source))
     except (SyntaxError, ValueError):
         return []
     scanner = _Scanner(originality)
-    # imports first (anywhere in the text), then every use
-    for node in ast.walk(tree):
+    for node in ast.walk(tree):  # imports first (anywhere in the text), then every use
         if isinstance(node, ast.Import):
             scanner.visit_Import(node)
         elif isinstance(node, ast.ImportFrom):
             scanner.visit_ImportFrom(node)
     scanner.findings.clear()
-    scanner.visit(tree)
+    nodes = _reachable(tree, entry) if entry else None
+    if nodes is None:
+        scanner.visit(tree)
+    else:
+        if entry in scanner.aliases and not nodes:
+            scanner._judge(scanner.aliases[entry])
+        for node in nodes:
+            scanner.visit(node)
     return sorted(set(scanner.findings))
 
 
