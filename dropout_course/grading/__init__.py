@@ -15,6 +15,7 @@ EXERCISES = {
     "ex06_mc_dropout": "ex06_mc_dropout",
     "ex07_thompson_sampling": "ex07_thompson_sampling",
     "ex08_dropout_theory": "ex08_dropout_theory",
+    "ex09_debug_dropout": "ex09_debug_dropout",
 }
 
 __all__ = ["Grader", "CheckResult", "EXERCISES"]
