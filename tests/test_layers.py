@@ -80,11 +80,29 @@ def test_gradcheck_with_fixed_mask():
     assert torch.autograd.gradcheck(lambda t: dropout(t, 0.3, generator=gen(5)), (x,))
 
 
+DROPOUT_LAYERS = [  # every layer whose output has the input's shape
+    Dropout,
+    SpatialDropout,
+    LockedDropout,
+    GaussianDropout,
+    DropPath,
+    DropBlock,
+]
+
+
+@pytest.mark.parametrize("layer_type", DROPOUT_LAYERS)
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
-def test_eval_mode_and_p0_return_input_unchanged(p):
-    x = torch.randn(10, 10)
+def test_eval_mode_returns_input_unchanged_for_every_p(layer_type, p):
+    x = torch.randn(4, 3, 6, 6)
     assert dropout(x, p, training=False) is x
+    assert torch.equal(layer_type(p).eval()(x), x)
+
+
+@pytest.mark.parametrize("layer_type", DROPOUT_LAYERS)
+def test_p0_in_train_mode_returns_input_unchanged(layer_type):
+    x = torch.randn(4, 3, 6, 6)
     assert torch.equal(dropout(x, 0.0), x)
+    assert torch.equal(layer_type(0.0).train()(x), x)
 
 
 def test_p1_returns_zeros_without_nan_and_zero_grad():
@@ -112,9 +130,15 @@ def test_generator_makes_masks_reproducible_and_successive_calls_differ():
     assert not torch.equal(dropout(x, 0.5, generator=g), dropout(x, 0.5, generator=g))
 
 
-def test_dtype_and_device_preserved():
-    x = torch.ones(10, dtype=torch.float64)
-    assert dropout(x, 0.5).dtype == torch.float64
+# "meta" tensors have no data: a mask made on the CPU instead of the input's device fails there, so the
+# device is checked on a CPU-only machine too.
+@pytest.mark.parametrize("device", ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("layer_type", DROPOUT_LAYERS)
+def test_dtype_and_device_preserved(layer_type, dtype, device):
+    x = torch.ones(4, 3, 6, 6, dtype=dtype, device=device)
+    for y in (dropout(x, 0.5), layer_type(0.5)(x)):
+        assert (y.dtype, y.device) == (x.dtype, x.device)
 
 
 # --------------------------------------------------------------------------- bad input, pinned messages
