@@ -68,6 +68,7 @@ class Client:
         self.broken = ""
         self.check: tuple[str, str] | None = None
         self.deadline = DEFAULT_DEADLINE
+        self.exports: dict[int, nn.Module] = {}
 
     def request(self, kind: str, *params, deadline: float | None = None) -> dict:
         if self.broken:
@@ -111,6 +112,8 @@ class Client:
         kind = desc.get("kind")
         if kind == "trusted":
             return _trusted(str(desc["module"]), str(desc["qualname"]))
+        if kind == "tmodule":
+            return rebuild_module(desc["tree"])
         if kind == "module":
             cls = _module_class(str(desc["tree"]["cls_module"]), str(desc["tree"]["cls_name"]))
             module = cls.__new__(cls)
@@ -130,36 +133,53 @@ class Client:
         for value in list(args) + list(kwargs.values()):
             if isinstance(value, RemoteModule):
                 value._push()
-        grad_inputs: list[torch.Tensor] = []
-        args = _slot_grads(args, grad_inputs)
-        kwargs = _slot_grads(kwargs, grad_inputs)
-        params: list[torch.Tensor] = []
-        if module is not None:
-            params = [p for p in module.parameters() if p.requires_grad]
-        needs_graph = torch.is_grad_enabled() and bool(grad_inputs or params)
-        leaves = [t.detach() for t in grad_inputs]
-        if not needs_graph:
-            reply = self._call(target, method, args, kwargs, leaves)
-            return self._finish(reply, args, kwargs, module)
-        box: dict = {}
-        outs = _RemoteCall.apply(
-            self, box, (target, method, args, kwargs, leaves, module), *grad_inputs, *params
-        )
+        plan = _CallPlan(self, target, method, args, kwargs, module)
+        try:
+            params: list[torch.Tensor] = []
+            if module is not None:
+                params = [p for p in module.parameters() if p.requires_grad]
+            needs_graph = torch.is_grad_enabled() and bool(plan.grad_inputs or params)
+            if not needs_graph:
+                return self._finish(self._call(plan), plan)
+            box: dict = {}
+            outs = _RemoteCall.apply(self, box, plan, *plan.grad_inputs, *params)
+        finally:
+            plan.restore_hooks()
         value = box["value"]
         return _replace_tensors(value, list(outs)) if box["n"] else value
 
-    def _call(self, target, method, args, kwargs, leaves):
-        reply = self.request("call", wire.Ref(target), method, args, kwargs, leaves, self.check)
+    def export(self, module: nn.Module) -> int:
+        """A token for a judge-side module sent to the worker (its parameters keep their identity)."""
+        for token, value in self.exports.items():
+            if value is module:
+                return token
+        token = len(self.exports) + 1
+        self.exports[token] = module
+        return token
+
+    def _call(self, plan: _CallPlan):
+        extras = {"observe": plan.observe, "origins": plan.origins}
+        reply = self.request(
+            "call",
+            wire.Ref(plan.target),
+            plan.method,
+            plan.args,
+            plan.kwargs,
+            plan.leaves,
+            self.check,
+            extras,
+        )
         self._report(reply)
         if not reply.get("ok"):
             raise remote_exception(reply.get("error", {}))
         return reply
 
-    def _finish(self, reply: dict, args, kwargs, module, tensors: list | None = None):
+    def _finish(self, reply: dict, plan: _CallPlan, tensors: list | None = None):
         value = self.decode(reply["value"], tensors)
-        _apply_mutations(reply.get("mutated", []), args, kwargs)
-        if module is not None and "tree" in reply:
-            module._sync(reply["tree"])
+        plan.replay(reply.get("events", []))
+        _apply_mutations(reply.get("mutated", []), plan.orig_args, plan.orig_kwargs)
+        if plan.module is not None and "tree" in reply:
+            plan.module._sync(reply["tree"])
         return value
 
     def _report(self, reply: dict) -> None:
@@ -188,15 +208,69 @@ def _current_check_context():
     return None
 
 
+class _CallPlan:
+    """One remote call: arguments with gradient slots, the judge's hooks set aside (replayed after)."""
+
+    def __init__(self, client: Client, target: int, method, args: tuple, kwargs: dict, module) -> None:
+        self.client, self.target, self.method, self.module = client, target, method, module
+        self.orig_args, self.orig_kwargs = args, kwargs
+        self.grad_inputs: list[torch.Tensor] = []
+        self.args = _slot_grads(args, self.grad_inputs)
+        self.kwargs = _slot_grads(kwargs, self.grad_inputs)
+        self.leaves = [t.detach() for t in self.grad_inputs]
+        self.observe: list[tuple] = []
+        self.hooks: list[tuple[nn.Module, str, object]] = []
+        self.origins: dict[tuple, int] = {}
+        items = [(("a", i), v) for i, v in enumerate(args)] + [(("k", k), v) for k, v in kwargs.items()]
+        for path, value in items:
+            if isinstance(value, nn.Module) and not isinstance(value, RemoteModule):
+                self.origins[path] = client.export(value)
+                for name, sub in value.named_modules():
+                    for kind, attr in (("pre", "_forward_pre_hooks"), ("post", "_forward_hooks")):
+                        hooks = getattr(sub, attr)
+                        if hooks:
+                            self.observe.append((path, name, kind))
+                            self.hooks.append((sub, attr, hooks))
+                            setattr(sub, attr, type(hooks)())  # not sent: the worker records, we replay
+
+    def restore_hooks(self) -> None:
+        for sub, attr, hooks in self.hooks:
+            setattr(sub, attr, hooks)
+        self.hooks_restored = True
+
+    def replay(self, events: list) -> None:
+        """Run the judge's own hooks on what the worker saw at each hooked module (mode, inputs, output)."""
+        for event in events:
+            try:
+                index, training, args, output = event
+                path, name, kind = self.observe[int(index)]
+                sub, attr, hooks = self.hooks[int(index)]
+            except (ValueError, IndexError, TypeError):
+                continue
+            saved = sub.training
+            sub.training = bool(training)
+            try:
+                args = self.client.decode(args)
+                args = tuple(args) if isinstance(args, (list, tuple)) else (args,)
+                for hook in list(hooks.values()):
+                    if kind == "pre":
+                        hook(sub, args)
+                    else:
+                        hook(sub, args, self.client.decode(output))
+            except Exception:  # noqa: BLE001 - an observer failing changes nothing
+                pass
+            finally:
+                sub.training = saved
+
+
 class _RemoteCall(torch.autograd.Function):
     """A remote call inside autograd: forward runs it, backward asks the worker for the VJP."""
 
     @staticmethod
-    def forward(ctx, client, box, call, *inputs):
-        target, method, args, kwargs, leaves, module = call
-        reply = client._call(target, method, args, kwargs, leaves)
+    def forward(ctx, client, box, plan, *inputs):
+        reply = client._call(plan)
         tensors: list = []
-        box["value"] = client._finish(reply, args, kwargs, module, tensors)
+        box["value"] = client._finish(reply, plan, tensors)
         box["n"] = len(tensors)
         graph = reply.get("graph")
         ctx.client, ctx.graph = client, graph
@@ -301,6 +375,43 @@ def _trusted(module: str, qualname: str):
     return obj
 
 
+def _plain_value(value):
+    if isinstance(value, dict) and value.get("$") in ("tuple", "list"):
+        items = [_plain_value(v) for v in value["items"]]
+        return tuple(items) if value["$"] == "tuple" else items
+    if isinstance(value, dict) and value.get("$") == "dataclass":
+        cls = _trusted(*[str(v) for v in value["cls"]])
+        return cls(**{str(k): _plain_value(v) for k, v in value["fields"].items()})
+    if isinstance(value, (type(None), bool, int, float, str)):
+        return value
+    raise WorkerLost(f"unexpected module attribute {type(value).__name__}")
+
+
+def rebuild_module(tree: dict) -> nn.Module:
+    """A module of torch's/the course's classes rebuilt in the judge from plain data (no learner code)."""
+    cls = _trusted(*[str(v) for v in tree["cls"]])
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise WorkerLost(f"{tree['cls']} is not a module class")
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    for key, value in dict(tree.get("attrs", {})).items():
+        module.__dict__[str(key)] = _plain_value(value)
+    module.training = bool(tree.get("training", True))
+    grads = dict(tree.get("grads", {}))
+    for key, value in dict(tree.get("params", {})).items():
+        module._parameters[key] = (
+            None if value is None else nn.Parameter(value, requires_grad=bool(grads.get(key)))
+        )
+    persistent = set(tree.get("persistent", []))
+    for key, value in dict(tree.get("buffers", {})).items():
+        module._buffers[key] = value
+        if key not in persistent:
+            module._non_persistent_buffers_set.add(key)
+    for key, child in dict(tree.get("children", {})).items():
+        module._modules[key] = None if child is None else rebuild_module(child)
+    return module
+
+
 class RemoteFunction:
     """A learner's function: calling it calls it in the worker."""
 
@@ -368,7 +479,15 @@ def _class_proxy(client: Client, desc: dict) -> type:
 
         def __init__(self, *args, **kwargs):
             nn.Module.__init__(self)
-            reply = client._call(class_id, None, args, kwargs, [])
+            for arg in list(args) + list(kwargs.values()):
+                if isinstance(arg, RemoteModule):
+                    arg._push()
+            plan = _CallPlan(client, class_id, None, args, kwargs, None)
+            try:
+                reply = client._call(plan)
+            finally:
+                plan.restore_hooks()
+            plan.replay(reply.get("events", []))
             value = reply["value"]
             if not (isinstance(value, dict) and value.get("kind") == "module"):
                 raise TypeError(f"{name}(...) did not build an nn.Module")
@@ -416,12 +535,20 @@ def _part_class(module: str, name: str) -> type:
     return _PART_CLASSES[key]
 
 
-def _sync_module(local: nn.Module, tree: dict) -> None:
+def _sync_module(local: nn.Module, tree: dict, exports: dict) -> None:
     local.training = bool(tree.get("training", True))
     grads = dict(tree.get("grads", {}))
+    origins = dict(tree.get("origins", {}))
     for name, value in dict(tree.get("params", {})).items():
         current = local._parameters.get(name)
-        if value is None:
+        origin = _origin_param(origins.get(name), exports)
+        if origin is not None and value is not None:
+            if current is not origin:
+                local._parameters[name] = origin
+            if origin.shape == value.shape and not torch.equal(origin.detach(), value.to(origin.dtype)):
+                with torch.no_grad():
+                    origin.copy_(value)
+        elif value is None:
             local._parameters[name] = None
         elif (
             isinstance(current, nn.Parameter)
@@ -456,9 +583,19 @@ def _sync_module(local: nn.Module, tree: dict) -> None:
         if type(current) is not cls:
             current = cls()
             local._modules[name] = current
-        _sync_module(current, child)
+        _sync_module(current, child, exports)
     for name in [n for n in local._modules if n not in children]:
         del local._modules[name]
+
+
+def _origin_param(origin, exports: dict):
+    """The judge's own parameter that the worker's parameter came from (None if it is the learner's)."""
+    if not origin:
+        return None
+    try:
+        return exports[int(origin[0])].get_parameter(str(origin[1]))
+    except (KeyError, AttributeError, ValueError, TypeError):
+        return None
 
 
 class RemoteModule(nn.Module):
@@ -470,7 +607,7 @@ class RemoteModule(nn.Module):
         self._sync(tree)
 
     def _sync(self, tree: dict) -> None:
-        _sync_module(self, tree)
+        _sync_module(self, tree, self._client.exports)
         self.__dict__["_synced"] = self._state_key()
 
     def _state_key(self):

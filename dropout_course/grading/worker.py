@@ -59,6 +59,8 @@ class Worker:
         self.graphs: dict[int, tuple[list, list]] = {}
         self.next_id = 1
         self.traces: dict = {}
+        self.origins: dict[int, tuple[int, str]] = {}  # id(parameter) -> (judge's token, name)
+        self.origin_refs: list = []
 
     # ----------------------------------------------------------------- values
 
@@ -115,6 +117,9 @@ class Worker:
         ):
             return {"$": "dict", "items": [[k, self.encode(v, tensors, depth + 1)] for k, v in value.items()]}
         if isinstance(value, nn.Module):
+            trusted = trusted_tree(value)
+            if trusted is not None:
+                return {"$": "handle", "kind": "tmodule", "tree": trusted}
             return {"$": "handle", "kind": "module", "id": self.keep(value), "tree": self.tree(value)}
         return self.handle_of(value)
 
@@ -155,6 +160,9 @@ class Worker:
                 k: (None if v is None else v.detach().cpu().clone()) for k, v in module._parameters.items()
             },
             "param_ids": {k: id(v) for k, v in module._parameters.items()},
+            "origins": {
+                k: list(self.origins[id(v)]) for k, v in module._parameters.items() if id(v) in self.origins
+            },
             "grads": {k: bool(v is not None and v.requires_grad) for k, v in module._parameters.items()},
             "buffers": {
                 k: (None if v is None else v.detach().cpu().clone()) for k, v in module._buffers.items()
@@ -224,7 +232,32 @@ class Worker:
                 self.traces[check] = None
         return self.traces[check]
 
-    def do_call(self, target, method, args, kwargs, grad_leaves, check) -> dict:
+    def observe(self, args, kwargs, extras: dict) -> tuple[list, list]:
+        """Record the forward hooks the judge had on its modules (it replays them) and where the judge's
+        parameters went (so that a module built around one of them shares it in the judge's mirror)."""
+        events: list = []
+        handles = []
+        for path, token in extras.get("origins", {}).items():
+            root = _arg_at(args, kwargs, path)
+            for name, param in root.named_parameters():
+                self.origins[id(param)] = (int(token), name)
+                self.origin_refs.append(param)
+        for index, (path, name, kind) in enumerate(extras.get("observe", [])):
+            module = dict(_arg_at(args, kwargs, path).named_modules()).get(name)
+            if module is None:
+                continue
+            if kind == "pre":
+                hook = module.register_forward_pre_hook(
+                    lambda m, a, i=index: events.append([i, bool(m.training), a, None])
+                )
+            else:
+                hook = module.register_forward_hook(
+                    lambda m, a, out, i=index: events.append([i, bool(m.training), a, out])
+                )
+            handles.append(hook)
+        return events, handles
+
+    def do_call(self, target, method, args, kwargs, grad_leaves, check, extras=None) -> dict:
         import torch
 
         from .core import spy_torch_dropout
@@ -246,6 +279,7 @@ class Worker:
         args = fill(self.resolve(args))
         kwargs = fill(self.resolve(kwargs))
         before = _snapshot_args(args, kwargs)
+        events, hooks = self.observe(args, kwargs, extras or {})
         fn = obj if method is None else getattr(obj, method)
         calls: list[str] = []
         trace = self.trace_for(check)
@@ -259,6 +293,9 @@ class Worker:
                     value = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001
             return {"ok": False, "error": self.error(exc), "calls": calls}
+        finally:
+            for hook in hooks:
+                hook.remove()
         tensors: list = []
         encoded = self.encode(value, tensors)
         reply = {
@@ -267,6 +304,7 @@ class Worker:
             "mutated": _mutations(before, args, kwargs),
             "calls": calls,
             "findings": list(trace.findings[findings_before:]) if trace else [],
+            "events": [[i, t, self.encode(a, []), self.encode(o, [])] for i, t, a, o in events[:20000]],
         }
         inputs = list(leaves)
         if isinstance(obj, torch.nn.Module):
@@ -368,6 +406,72 @@ def _leaves(args, kwargs):
     """(path, value) of the top-level arguments the judge wants back if a call changes them."""
     items = [(("a", i), v) for i, v in enumerate(args)] + [(("k", k), v) for k, v in kwargs.items()]
     return items
+
+
+_PRIMITIVES = (type(None), bool, int, float, str)
+_MODULE_INTERNALS: set[str] = set()
+
+
+def _plain_attr(value):
+    """``value`` if it is made of plain data (else a marker): a module rebuilt in the judge keeps only these."""
+    import dataclasses
+
+    if isinstance(value, _PRIMITIVES):
+        return value
+    if isinstance(value, (tuple, list)) and all(isinstance(v, _PRIMITIVES) for v in value):
+        return {"$": "tuple" if isinstance(value, tuple) else "list", "items": list(value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        name = _trusted_name(type(value))
+        fields = {f.name: _plain_attr(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if name and all(v is not _NOT_PLAIN for v in fields.values()):
+            return {"$": "dataclass", "cls": list(name), "fields": fields}
+    return _NOT_PLAIN
+
+
+_NOT_PLAIN = object()
+
+
+def trusted_tree(module, depth: int = 0) -> dict | None:
+    """A module made only of torch's and the course's classes, as plain data the judge rebuilds with its own
+    classes (so their code runs in the judge); None if any part is the learner's own (or hooked)."""
+    from torch import nn
+
+    if not _MODULE_INTERNALS:
+        _MODULE_INTERNALS.update(vars(nn.Module()))
+    cls = type(module)
+    name = _trusted_name(cls)
+    if depth > MAX_DEPTH or not name or not name[0].startswith(("torch.nn.", "dropout_course.")):
+        return None
+    attrs = {}
+    for key, value in vars(module).items():
+        if key in _MODULE_INTERNALS:
+            if key.endswith("hooks") and value:
+                return None  # the learner hooked it: keep it remote
+            continue
+        plain = _plain_attr(value)
+        if plain is _NOT_PLAIN:
+            return None
+        attrs[key] = plain
+    children = {}
+    for key, child in module._modules.items():
+        children[key] = None if child is None else trusted_tree(child, depth + 1)
+        if child is not None and children[key] is None:
+            return None
+    return {
+        "cls": list(name),
+        "attrs": attrs,
+        "training": bool(module.training),
+        "params": {k: None if v is None else v.detach().cpu().clone() for k, v in module._parameters.items()},
+        "grads": {k: bool(v is not None and v.requires_grad) for k, v in module._parameters.items()},
+        "buffers": {k: None if v is None else v.detach().cpu().clone() for k, v in module._buffers.items()},
+        "persistent": [k for k in module._buffers if k not in module._non_persistent_buffers_set],
+        "children": children,
+    }
+
+
+def _arg_at(args, kwargs, path):
+    where, key = path
+    return args[int(key)] if where == "a" else kwargs[key]
 
 
 def _snapshot_args(args, kwargs) -> dict:
