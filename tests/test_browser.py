@@ -64,7 +64,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SERVER_START_S = 90  # a loaded 2-core machine needs ~10-30 s
+SERVER_START_S = 90  # jupyter lab answers after ~10 s on 2 cores, up to ~30 s when they are loaded
 RUN_ALL_S = 120  # kernel start + importing torch + the cells
 
 

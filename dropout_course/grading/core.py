@@ -83,8 +83,9 @@ class Property:
 def one_torch_thread():
     """Run a block with torch on one thread (the count is restored after).
 
-    Checks run tiny tensors and networks: one thread is as fast for them, and on a busy 2-core machine
-    multi-threaded kernels are 10-100x slower.
+    Checks run tiny tensors and networks: one thread is as fast for them, and it does not compete with
+    other processes for the cores (multi-threaded kernels on tiny tensors spend more time waking threads
+    than computing).
     """
     import torch
 
