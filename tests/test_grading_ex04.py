@@ -42,23 +42,82 @@ def ok_numpy(x, p, training=True):
     return x * torch.from_numpy(keep.copy()).to(x.dtype)[:, None, :] * scale
 
 
-def ok_reference(x, p, training=True):
-    return LockedDropout(p).train(training)(x)
+def ok_like_torch(x, p, training=True):
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return x * 0
+    return x * x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p).div_(1 - p)  # torch's own draw
 
 
-@pytest.mark.parametrize("fn", [ok_rand, ok_bernoulli_repeat, ok_numpy, ok_reference])
+@pytest.mark.parametrize("fn", [ok_rand, ok_bernoulli_repeat, ok_numpy, ok_like_torch])
 def test_correct_locked_dropout_passes(grader, fn):
     for name in ("locked_dropout", "locked_dropout_hidden"):
         result = grader.check(name, fn)
         assert result.passed, "\n".join(result.messages)
 
 
-def test_reference_module_passes(grader):
-    assert grader.check("LockedDropout", LockedDropout).passed
+def make_module(fn=ok_rand, cache=False):
+    class Candidate(nn.Module):
+        def __init__(self, p=0.5):
+            super().__init__()
+            if not 0 <= p <= 1:
+                raise ValueError(f"p must be in [0, 1], got {p}")
+            self.p, self.mask = p, None
+
+        def forward(self, x):
+            if not cache or not self.training:
+                return fn(x, self.p, self.training)
+            if self.mask is None or self.mask.shape[0] != x.shape[0]:  # a mask kept for the next calls
+                self.mask = (torch.rand(x.shape[0], 1, x.shape[2]) >= self.p).to(x.dtype)
+            return x * self.mask / max(1 - self.p, 1e-12) * (self.p < 1)
+
+    return Candidate
+
+
+def test_correct_module_passes(grader):
+    result = grader.check("LockedDropout", make_module())
+    assert result.passed, "\n".join(result.messages)
+
+
+@pytest.mark.parametrize(
+    "cls, fragment",
+    [
+        (make_module(cache=True), "the same mask on every call"),
+        (LockedDropout, "not credited: calls dropout_course.layers.LockedDropout"),
+    ],
+    ids=["cached-mask", "course-reference"],
+)
+def test_wrong_modules_are_diagnosed(grader, cls, fragment):
+    result = grader.check("LockedDropout", cls)
+    text = "\n".join(result.messages)
+    assert not result.passed and fragment in text, text
 
 
 def per_step(x, p, training=True):
-    return dropout(x, p, training)
+    if not training:
+        return x
+    return x * (torch.rand_like(x) >= p).to(x.dtype) / max(1 - p, 1e-12) * (p < 1)
+
+
+def course_reference(x, p, training=True):
+    return LockedDropout(p).train(training)(x)
+
+
+def ones_mask_trick(x, p, training=True):
+    return x * torch.ops.aten.native_dropout(torch.ones(x.shape[0], 1, x.shape[2]), p, training)[0]
+
+
+def ignores_training(x, p, training=True):
+    return ok_rand(x, p, True)
+
+
+def time_major(
+    x, p, training=True
+):  # treats dim 0 as time: one mask per (step, feature), shared by the batch
+    if not training:
+        return x
+    return x * (torch.rand(1, x.shape[1], x.shape[2]) >= p).to(x.dtype) / max(1 - p, 1e-12) * (p < 1)
 
 
 def shared_over_batch(x, p, training=True):
@@ -99,8 +158,12 @@ WRONG = {
     whole_sequences: ["whole sequences are dropped"],
     keep_prob: ["`p` is read as the keep probability"],
     no_rescale: ["kept values are not rescaled"],
-    uses_dropout1d: ["calls torch's own dropout", "torch.nn.functional.dropout1d"],
+    uses_dropout1d: ["not credited: calls torch.nn.functional.dropout1d"],
     in_place: ["was modified in place"],
+    course_reference: ["not credited: calls dropout_course.layers.LockedDropout"],
+    ones_mask_trick: ["not credited: calls torch.ops.aten.native_dropout"],
+    ignores_training: ["dropout is still applied in eval mode"],
+    time_major: ["a new mask at every time step"],
 }
 
 
@@ -113,6 +176,8 @@ def test_wrong_locked_dropout_is_diagnosed(grader, fn):
         assert fragment in text, f"expected {fragment!r} in:\n{text}"
     if fn in (shared_over_batch, whole_sequences):  # the fraction test must not blame p for a shared mask
         assert "PASS drops a fraction p of the features" in text
+    hidden = grader.check("locked_dropout_hidden", fn)  # the hidden check catches the same mistake
+    assert hidden.score < hidden.max_score, "\n".join(hidden.messages)
 
 
 # --------------------------------------------------------------------------- weight_drop (a function)
@@ -144,7 +209,7 @@ def wd_reference(weight, p, training=True):
     return dropout(weight, p, training)
 
 
-@pytest.mark.parametrize("fn", [wd_rand_like, wd_bernoulli, wd_numpy_where, wd_reference])
+@pytest.mark.parametrize("fn", [wd_rand_like, wd_bernoulli, wd_numpy_where])
 def test_correct_weight_drop_passes(grader, fn):
     for name in ("weight_drop", "weight_drop_hidden"):
         result = grader.check(name, fn)
@@ -223,7 +288,8 @@ WRONG_WD = {
     wd_detached: ["the dropped weight is detached from autograd", "never be trained"],
     wd_reseeded: ["the same mask on every call"],
     wd_nan_at_1: ["p=1 gives NaN"],
-    wd_torch_dropout: ["calls torch's own dropout", "torch.nn.functional.dropout"],
+    wd_torch_dropout: ["not credited: calls torch.nn.functional.dropout"],
+    wd_reference: ["not credited: calls dropout_course.layers.dropout"],
     wd_rows: ["whole rows of the weight matrix are dropped"],
     wd_columns: ["every row of the weight matrix has the same entries dropped"],
 }
@@ -302,7 +368,7 @@ class RNNReference(RNN):  # the course's own dropout on the weight (like CharRNN
         return dropout(self.weight_hh, self.p, self.training)
 
 
-@pytest.mark.parametrize("cls", [RNN, RNNLinear, RNNNumpyMask, RNNReference])
+@pytest.mark.parametrize("cls", [RNN, RNNLinear, RNNNumpyMask])
 def test_correct_weight_drop_rnn_passes(grader, cls):
     for name in ("WeightDropRNN", "WeightDropRNN_hidden"):
         result = grader.check(name, cls)
@@ -404,7 +470,7 @@ class DropsInputWeights(RNN):
 class RecurrentDropoutInstead(RNN):  # a locked mask on h_(t-1): variational dropout, not weight drop
     def forward(self, x):
         h = x.new_zeros(x.shape[1], self.weight_hh.shape[0])
-        mask = LockedDropout(self.p).train(self.training)(torch.ones(x.shape[1], 1, h.shape[1]))[:, 0]
+        mask = (torch.rand(x.shape[1], h.shape[1]) >= self.p) / (1 - self.p) if self.training else 1.0
         states = []
         for x_t in x:
             h = self.step(x_t, h * mask, self.weight_hh)
@@ -420,6 +486,16 @@ class LastStateOnly(RNN):
 class NoTanh(RNN):
     def step(self, x_t, h, w_hh):
         return x_t @ self.weight_ih.T + h @ w_hh.T
+
+
+class ReluRNN(RNN):
+    def step(self, x_t, h, w_hh):
+        return torch.relu(x_t @ self.weight_ih.T + h @ w_hh.T)
+
+
+class SigmoidRNN(RNN):
+    def step(self, x_t, h, w_hh):
+        return torch.sigmoid(x_t @ self.weight_ih.T + h @ w_hh.T)
 
 
 class ColumnMask(RNN):
@@ -458,12 +534,15 @@ WRONG_RNN = {
     MaskInInit: ["the same mask on every call", "not in __init__"],
     Detached: ["no gradient reaches weight_hh"],
     NaNAtOne: ["p=1 gives NaN"],
-    TorchDropout: ["calls torch's own dropout", "torch.nn.functional.dropout"],
+    TorchDropout: ["not credited: calls torch.nn.functional.dropout"],
+    RNNReference: ["not credited: calls dropout_course.layers.dropout"],
     Transposed: ["uses h_(t-1) @ W_hh instead of h_(t-1) @ W_hh.T"],
     DropsInputWeights: ["weight_ih is dropped too"],
     RecurrentDropoutInstead: ["for one matrix W shared by the whole batch", "not of the hidden state"],
     LastStateOnly: ["returns only the last hidden state"],
     NoTanh: ["not passed through tanh"],
+    ReluRNN: ["the activation is ReLU, not tanh"],
+    SigmoidRNN: ["the activation is sigmoid, not tanh"],
     ColumnMask: ["whole columns of W_hh are dropped"],
     StateNotFedBack: ["the recurrent term h_(t-1) W_hh^T is missing"],
     AcceptsAnyP: ["`AcceptsAnyP(input_size, hidden_size, -0.1)` is accepted", "raise ValueError"],

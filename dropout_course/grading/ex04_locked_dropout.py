@@ -11,8 +11,18 @@ properties are in :mod:`.weight_drop_checks`), and the hidden ``locked_dropout_h
 
 from __future__ import annotations
 
-from .core import CheckSpec, register
-from .dropout_checks import Variant, forward_properties, function_caller, module_properties
+import torch.nn.functional as F
+
+from .. import layers
+from .core import CheckSpec, Originality, register
+from .dropout_checks import (
+    Variant,
+    forward_properties,
+    function_caller,
+    module_properties,
+    variant_fingerprint,
+)
+from .ex01_inverted_dropout import REFERENCES
 from .weight_drop_checks import RNNCase, rnn_properties
 
 EXERCISE = "ex04_locked_dropout"
@@ -31,15 +41,35 @@ def _variant(name: str, shape=(64, 12, 40)) -> Variant:
     return Variant(name, shape, (0, 2), "features", _NOT_CONSTANT, _TOO_COARSE)
 
 
-def _hidden(properties):
-    """The statistical properties only (the mode and fresh-mask ones are graded by the visible check)."""
-    return [p for p in properties if not p.name.startswith(("a fresh", "is the identity"))]
+_LOCKED_REFS = [
+    lambda x, p: layers.LockedDropout(p).train()(x),
+    lambda x, p: x * F.dropout(x.new_ones(x.shape[0], 1, x.shape[2]), p, True),
+    lambda x, p: F.dropout1d(x.transpose(1, 2), p, True).transpose(1, 2),
+]
 
 
+def _originality(v: Variant, refs, task: str, is_module: bool = False) -> Originality:
+    return Originality(task, REFERENCES, fingerprint=variant_fingerprint(v, refs, is_module=is_module))
+
+
+_LOCKED_TASK = "write locked dropout yourself"
+_LOCKED, _LOCKED_MODULE = _variant("locked_dropout"), _variant("LockedDropout")
 register(
-    EXERCISE, CheckSpec("locked_dropout", forward_properties(function_caller, _variant("locked_dropout")))
+    EXERCISE,
+    CheckSpec(
+        "locked_dropout",
+        forward_properties(function_caller, _LOCKED),
+        originality=_originality(_LOCKED, _LOCKED_REFS, _LOCKED_TASK),
+    ),
 )
-register(EXERCISE, CheckSpec("LockedDropout", module_properties(_variant("LockedDropout"))))
+register(
+    EXERCISE,
+    CheckSpec(
+        "LockedDropout",
+        module_properties(_LOCKED_MODULE),
+        originality=_originality(_LOCKED_MODULE, _LOCKED_REFS, _LOCKED_TASK, is_module=True),
+    ),
+)
 
 # --------------------------------------------------------------------------- weight drop
 
@@ -72,48 +102,46 @@ def _weight_variant(shape=(48, 40)) -> Variant:
     return Variant("weight_drop", shape, (0, 1), **_WEIGHT_MESSAGES)
 
 
-register(EXERCISE, CheckSpec("weight_drop", forward_properties(function_caller, _weight_variant())))
-register(EXERCISE, CheckSpec("WeightDropRNN", rnn_properties(RNNCase())))
+_WEIGHT_REFS = [lambda w, p: F.dropout(w, p, True), lambda w, p: layers.dropout(w, p, True)]
+_WEIGHT_TASK = "write DropConnect (weight drop) yourself"
+_RNN_ORIGINALITY = Originality("write the weight-dropped RNN yourself", REFERENCES)
+register(
+    EXERCISE,
+    CheckSpec(
+        "weight_drop",
+        forward_properties(function_caller, _weight_variant()),
+        originality=_originality(_weight_variant(), _WEIGHT_REFS, _WEIGHT_TASK),
+    ),
+)
+register(EXERCISE, CheckSpec("WeightDropRNN", rnn_properties(RNNCase()), originality=_RNN_ORIGINALITY))
 
 # --------------------------------------------------------------------------- hidden checks
 
+_LOCKED_HIDDEN, _WEIGHT_HIDDEN = _variant("locked_dropout", (30, 25, 64)), _weight_variant((30, 90))
 register(
     EXERCISE,
     CheckSpec(
         "locked_dropout_hidden",
-        _hidden(
-            forward_properties(
-                function_caller, _variant("locked_dropout", (30, 25, 64)), p_values=(0.1, 0.85)
-            )
-        ),
+        forward_properties(function_caller, _LOCKED_HIDDEN, p_values=(0.1, 0.85)),
         hidden=True,
+        originality=_originality(_LOCKED_HIDDEN, _LOCKED_REFS, _LOCKED_TASK),
     ),
 )
 register(
     EXERCISE,
     CheckSpec(
         "weight_drop_hidden",
-        _hidden(forward_properties(function_caller, _weight_variant((30, 90)), p_values=(0.1, 0.85))),
+        forward_properties(function_caller, _WEIGHT_HIDDEN, p_values=(0.1, 0.85)),
         hidden=True,
+        originality=_originality(_WEIGHT_HIDDEN, _WEIGHT_REFS, _WEIGHT_TASK),
     ),
-)
-_RNN_HIDDEN = (
-    "samples ONE",
-    "drops a fraction",
-    "scales the kept",
-    "p=1",
-    "gradients reach",
-    "leaves weight_hh",
 )
 register(
     EXERCISE,
     CheckSpec(
         "WeightDropRNN_hidden",
-        [
-            p
-            for p in rnn_properties(RNNCase(input_size=20, hidden_size=12, batch=100, steps=9), (0.1, 0.85))
-            if p.name.startswith(_RNN_HIDDEN)
-        ],
+        rnn_properties(RNNCase(input_size=20, hidden_size=12, batch=100, steps=9), (0.1, 0.85)),
         hidden=True,
+        originality=_RNN_ORIGINALITY,
     ),
 )

@@ -62,6 +62,15 @@ def _first_step(x0: torch.Tensor, w_ih: torch.Tensor, y0: torch.Tensor) -> None:
         return
     if torch.allclose(y0, a1, rtol=1e-4, atol=1e-4):
         raise Fail("the hidden state is not passed through tanh: h_t = tanh(x_t W_ih^T + h_{t-1} W_hh^T)")
+    for name, act in (
+        ("ReLU", torch.relu),
+        ("sigmoid", torch.sigmoid),
+        ("hardtanh", torch.nn.functional.hardtanh),
+    ):
+        if torch.allclose(y0, act(a1), rtol=1e-4, atol=1e-4):
+            raise Fail(
+                f"the activation is {name}, not tanh: h_t = tanh(x_t W_ih^T + h_(t-1) W_hh^T) (use torch.tanh)"
+            )
     if (y0.abs() < 1).all():
         w_used = torch.linalg.lstsq(x0, torch.atanh(y0)).solution.T  # (H, D)
         ratios = w_used / w_ih
@@ -73,7 +82,8 @@ def _first_step(x0: torch.Tensor, w_ih: torch.Tensor, y0: torch.Tensor) -> None:
     raise Fail(
         "the first step is not h_1 = tanh(x_1 W_ih^T): x is time first (x[t] is the batch at step t, shape "
         "(N, input)); start from h_0 = 0 (zeros of shape (N, hidden)), use no bias, compute "
-        "`x[t] @ self.weight_ih.T` (weight_ih has shape (hidden, input)), and return the states h_1..h_T (not h_0)"
+        "`x[t] @ self.weight_ih.T` (weight_ih has shape (hidden, input)), apply torch.tanh (no other "
+        "activation), and return the states h_1..h_T (not h_0)"
     )
 
 
