@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -94,6 +95,12 @@ def _executable(path: str | None) -> bool:
     return bool(path) and os.path.isfile(path) and os.access(path, os.X_OK)
 
 
+def _revision(path: str) -> int:
+    """The revision number of a Playwright browser folder (``.../chromium-1200/...`` -> 1200)."""
+    digits = re.search(r"chromium-(\d+)", path)
+    return int(digits.group(1)) if digits else -1
+
+
 def find_browser() -> str | None:
     """The Chromium-family browser to drive: $DROPOUT_COURSE_BROWSER, then the usual places, else None."""
     explicit = os.environ.get(BROWSER_ENV)
@@ -107,7 +114,9 @@ def find_browser() -> str | None:
             return path
     cache = os.environ.get("PLAYWRIGHT_BROWSERS_PATH") or os.path.expanduser("~/.cache/ms-playwright")
     for pattern in PLAYWRIGHT_GLOBS:
-        for path in sorted(glob.glob(os.path.join(cache, pattern)), reverse=True):  # newest revision first
+        for path in sorted(
+            glob.glob(os.path.join(cache, pattern)), key=_revision, reverse=True
+        ):  # newest first
             if _executable(path):
                 return path
     return None
