@@ -114,9 +114,8 @@ def find_browser() -> str | None:
             return path
     cache = os.environ.get("PLAYWRIGHT_BROWSERS_PATH") or os.path.expanduser("~/.cache/ms-playwright")
     for pattern in PLAYWRIGHT_GLOBS:
-        for path in sorted(
-            glob.glob(os.path.join(cache, pattern)), key=_revision, reverse=True
-        ):  # newest first
+        found = sorted(glob.glob(os.path.join(cache, pattern)), key=_revision, reverse=True)  # newest first
+        for path in found:
             if _executable(path):
                 return path
     return None
