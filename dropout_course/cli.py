@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=120, help="seconds any one notebook cell may run (default 120)"
     )
     grade.add_argument(
+        "--call-timeout",
+        type=float,
+        default=None,
+        help="seconds one call of the learner's code may take in a check (default: the grader's, 10)",
+    )
+    grade.add_argument(
         "--exercise",
         default=None,
         help="grade every submission as this exercise (e.g. ex01_inverted_dropout)",
@@ -197,8 +203,8 @@ def grade_command(args, out=None) -> int:
     from .grading.autograde import grade
 
     out = out or sys.stdout
-    if args.jobs < 1 or args.timeout <= 0:
-        print("--jobs must be >= 1 and --timeout > 0", file=out)
+    if args.jobs < 1 or args.timeout <= 0 or (args.call_timeout is not None and args.call_timeout <= 0):
+        print("--jobs must be >= 1, --timeout and --call-timeout > 0", file=out)
         return 2
 
     def progress(line: str) -> None:
@@ -214,6 +220,7 @@ def grade_command(args, out=None) -> int:
             exercise=args.exercise,
             resume=args.resume,
             progress=progress,
+            call_timeout=args.call_timeout,
         )
     except ValueError as exc:
         print(f"dropout-course grade: {exc}", file=out)

@@ -33,7 +33,7 @@ from pathlib import Path
 from .gradebook import FIXED_COLUMNS, Gradebook, check_out_path
 from .plan import build_graded_notebook
 from .release import repo_root
-from .sandbox import SANDBOX_UID_BASE, _pids_of_uid, is_root
+from .sandbox import SANDBOX_UID_BASE, _pids_of_uid, is_root, sandbox_uid
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -159,6 +159,7 @@ def grade(
     exercise: str | None = None,
     resume: bool = False,
     progress: Callable[[str], None] | None = None,
+    call_timeout: float | None = None,
 ) -> list[dict]:
     """Grade every submission (``jobs`` judges at a time); rows in the input order.
 
@@ -182,7 +183,7 @@ def grade(
             rows[path] = _error_row(path, f"cannot read the file: {exc.strerror or exc}")
     todo = [p for p in dict.fromkeys(paths) if p not in skip and contents.get(p) is not None]
     # as root the sandbox cannot write the package; otherwise a change on disk is caught here
-    digest = None if is_root() else package_digest()
+    digest = None if sandbox_uid() is not None else package_digest()
     lock = threading.Lock()
     queue = list(todo)
     stopped = {"why": ""}
@@ -237,13 +238,14 @@ def grade(
                 "data": base64.b64encode(contents[path]).decode("ascii"),
                 "exercise": exercise,
                 "timeout": timeout,
+                "call_timeout": call_timeout,
                 "source": str(source_dir) if source_dir else None,
             }
             record(path, judge.run(task, hard_limit(timeout)))
         if judge is not None:
             judge.stop()
 
-    for path, row in rows.items():
+    for row in rows.values():
         if out is not None:
             book.add(row)
     threads = [

@@ -110,6 +110,7 @@ def judge_notebook(
     source_dir: Path | None = None,
     cell_timeout: float = DEFAULT_CELL_TIMEOUT,
     on_check=None,
+    call_timeout: float | None = None,
 ) -> dict:
     """Grade one submission (its bytes); return its row. ``on_check(name, score)`` as each check is judged."""
     from .core import _load_exercise
@@ -117,30 +118,30 @@ def judge_notebook(
 
     source_dir = Path(source_dir or repo_root() / "exercises" / "source")
     row: dict = {"submission": path, "exercise": "", "total": 0.0, "max_total": 0.0, "status": "error"}
-    row.update(reason="", integrity="", scores={})
+    row.update(reason="", integrity="", scores={}, notes=[])
     try:
         nb, notes = plan.parse_submission(raw)
     except ValueError as exc:
         row["reason"] = str(exc)
-        row.pop("scores")
+        row.pop("scores"), row.pop("notes")
         return row
     known = plan.sources(source_dir)
     if exercise is not None and exercise not in known:
         row["reason"] = f"unknown exercise {exercise!r} (--exercise); known: {', '.join(sorted(known))}"
-        row.pop("scores")
+        row.pop("scores"), row.pop("notes")
         return row
     exercise = exercise or plan.detect_exercise(nb, Path(path), known)
     if exercise is None:
         row["reason"] = (
             "cannot tell which exercise this is (no release metadata, no known grade ids): use --exercise"
         )
-        row.pop("scores")
+        row.pop("scores"), row.pop("notes")
         return row
     try:
         specs = _load_exercise(exercise)
     except ValueError as exc:
         row["reason"] = one_line(str(exc))
-        row.pop("scores")
+        row.pop("scores"), row.pop("notes")
         return row
     row["exercise"] = exercise
     row["max_total"] = float(sum(s.max_score for s in specs.values()))
@@ -151,7 +152,7 @@ def judge_notebook(
     session = Session(steps, cell_timeout)
     not_run: list[str] = []
     try:
-        _run_checks(session, steps, exercise, learner_source, row, not_run, on_check)
+        _run_checks(session, steps, exercise, learner_source, row, not_run, on_check, call_timeout)
     finally:
         session.close()
     for index, why in session.bad.items():
@@ -163,6 +164,7 @@ def judge_notebook(
             notes.append(f"{_label(step)} raised {error}")
     if session.leftovers:
         row["integrity"] = f"left {session.leftovers} background process(es) running after grading (killed)"
+    notes += row.pop("notes")
     row["status"] = "incomplete" if not_run else "graded"
     if not_run:
         notes.insert(0, "not judged: " + "; ".join(not_run))
@@ -174,10 +176,10 @@ def judge_notebook(
     return row
 
 
-def _run_checks(session, steps, exercise, learner_source, row, not_run, on_check) -> None:
+def _run_checks(session, steps, exercise, learner_source, row, not_run, on_check, call_timeout) -> None:
     from .core import Grader
 
-    grader = Grader(exercise)
+    grader = Grader(exercise) if call_timeout is None else Grader(exercise, time_limit=call_timeout)
     for step in [s for s in steps if s.checks]:
         for k, call in enumerate(step.checks):
             if call.name not in grader.specs:
@@ -201,8 +203,10 @@ def _run_checks(session, steps, exercise, learner_source, row, not_run, on_check
                 ),
                 None,
             )
-            if missing is not None:
-                not_run.append(f"{call.name} (`{call.candidate}`: {describe_error(missing)})")
+            if missing is not None:  # judged: nothing to check (the learner's cell did not define it)
+                row["notes"].append(
+                    f"{call.name}: 0, `{call.candidate}` is undefined ({describe_error(missing)})"
+                )
                 score = 0.0
             else:
                 try:
@@ -232,7 +236,7 @@ def serve(rfile, wfile) -> None:
         task = json.loads(line)
         task_id = task.get("id")
 
-        def emit(event: dict) -> None:
+        def emit(event: dict, task_id=task_id) -> None:
             wfile.write(json.dumps({"id": task_id, **event}) + "\n")
             wfile.flush()
 
@@ -244,6 +248,7 @@ def serve(rfile, wfile) -> None:
                 Path(task["source"]) if task.get("source") else None,
                 float(task.get("timeout") or DEFAULT_CELL_TIMEOUT),
                 on_check=lambda name, score: emit({"event": "check", "check": name, "score": score}),
+                call_timeout=float(task["call_timeout"]) if task.get("call_timeout") else None,
             )
         except Exception as exc:  # noqa: BLE001 - a judge bug still gives a row
             traceback.print_exc()

@@ -34,9 +34,14 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+AS_SELF_ENV = "DROPOUT_COURSE_GRADE_AS_SELF"  # "1": never change user (weaker; see the README)
+
+
 def sandbox_uid() -> int | None:
     """The uid the worker drops to (one per judge process, unused by anything else), or None if not root."""
-    return SANDBOX_UID_BASE + os.getpid() if is_root() else None
+    if not is_root() or os.environ.get(AS_SELF_ENV) == "1":
+        return None
+    return SANDBOX_UID_BASE + os.getpid()
 
 
 @dataclass

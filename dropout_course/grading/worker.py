@@ -313,7 +313,7 @@ class Worker:
         if torch.is_grad_enabled() and inputs:
             flags = [bool(t.requires_grad) for t in tensors]
             if any(flags):
-                gid = self.keep_graph([t for t, f in zip(tensors, flags) if f], inputs)
+                gid = self.keep_graph([t for t, f in zip(tensors, flags, strict=True) if f], inputs)
                 reply["graph"] = {"id": gid, "requires_grad": flags, "n_params": len(inputs) - len(leaves)}
         return reply
 
@@ -329,7 +329,7 @@ class Worker:
         import torch
 
         outputs, inputs = self.graphs[gid]
-        pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+        pairs = [(o, g) for o, g in zip(outputs, grads, strict=False) if g is not None]
         if not pairs:
             return {"ok": True, "grads": [None] * len(inputs)}
         try:
