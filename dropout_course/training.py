@@ -22,7 +22,7 @@ from .config import seeded  # also exported here: ``training.seeded`` is ``confi
 from .data import Split
 from .layers import restored_modes
 
-__all__ = ["History", "fit", "evaluate", "seeded"]
+__all__ = ["History", "fit", "evaluate", "max_norm_", "seeded"]
 
 _LOSSES = {"cross_entropy": nn.functional.cross_entropy, "mse": nn.functional.mse_loss}
 
@@ -96,6 +96,36 @@ def _device_of(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+@torch.no_grad()
+def max_norm_(model: nn.Module, c: float) -> None:
+    r"""Rescale, in place, every unit's incoming weight vector whose L2 norm exceeds ``c`` back to norm ``c``.
+
+    The max-norm constraint of Srivastava et al. (2014, section 5.1) used with dropout:
+    :math:`\lVert w_j \rVert_2 \le c` for the weights :math:`w_j` (a row of an ``nn.Linear`` weight) into
+    each unit :math:`j`; biases are not constrained. Applied after every optimizer step, it keeps the weights
+    bounded however large the learning rate, so a dropout network can use a large learning rate.
+
+    Args:
+        model: the network; every ``nn.Linear`` in it is constrained.
+        c: the largest allowed norm (Srivastava et al. report typical values of 3 to 4).
+
+    Examples:
+        >>> layer = nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.tensor([[3.0, 4.0]]))
+        >>> max_norm_(layer, 1.0)
+        >>> layer.weight
+        Parameter containing:
+        tensor([[0.6000, 0.8000]], requires_grad=True)
+    """
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not c > 0:
+        raise ValueError(f"max-norm c must be a positive number, got {c!r}")
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            norms = module.weight.norm(dim=1, keepdim=True)  # (out_features, 1)
+            module.weight.mul_(c / norms.clamp(min=c))
+
+
 def _optimizer(name: str, params, lr: float, weight_decay: float, momentum: float):
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -117,6 +147,7 @@ def fit(
     optimizer: str = "adam",
     weight_decay: float = 0.0,
     momentum: float = 0.9,
+    max_norm: float | None = None,
     loss: str = "cross_entropy",
     patience: int | None = None,
     restore_best: bool = False,
@@ -132,6 +163,7 @@ def fit(
         train, val: a :class:`~dropout_course.data.Split` or an ``(X, y)`` tuple; ``val`` is optional.
         epochs: maximum number of passes over ``train``.
         lr, batch_size, optimizer ("adam", "adamw", "sgd"), weight_decay, momentum: the optimizer.
+        max_norm: if set, apply :func:`max_norm_` with this ``c`` after every optimizer step.
         loss: ``"cross_entropy"`` (classification, accuracy is tracked) or ``"mse"``.
         patience: early stopping: stop after this many epochs without a lower validation loss.
         restore_best: load the weights of the best validation epoch at the end.
@@ -151,9 +183,15 @@ def fit(
         raise ValueError(f"patience must be a positive int or None, got {patience!r}")
     if (patience is not None or restore_best) and val is None:
         raise ValueError("early stopping (patience) and restore_best need a validation split (val=...)")
+    if max_norm is not None and (
+        isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0
+    ):
+        raise ValueError(f"max_norm must be a positive number or None, got {max_norm!r}")
     loss_fn = _loss_fn(loss)
     opt = _optimizer(optimizer, model.parameters(), lr, weight_decay, momentum)
-    plan = _Plan(train, val, epochs, batch_size, loss, loss_fn, patience, restore_best, measure_train)
+    plan = _Plan(
+        train, val, epochs, batch_size, loss, loss_fn, patience, restore_best, measure_train, max_norm
+    )
     with seeded(seed) if seed is not None else contextlib.nullcontext():
         return _train_loop(model, opt, plan, progress=progress, description=description)
 
@@ -171,6 +209,7 @@ class _Plan:
     patience: int | None
     restore_best: bool
     measure_train: bool
+    max_norm: float | None = None
 
 
 def _train_epoch(model: nn.Module, X: Tensor, y: Tensor, opt, plan: _Plan) -> float:
@@ -184,6 +223,8 @@ def _train_epoch(model: nn.Module, X: Tensor, y: Tensor, opt, plan: _Plan) -> fl
         opt.zero_grad(set_to_none=True)
         batch_loss.backward()
         opt.step()
+        if plan.max_norm is not None:
+            max_norm_(model, plan.max_norm)
         running += batch_loss.item() * len(idx)
     return running / len(order)
 

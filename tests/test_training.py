@@ -78,3 +78,28 @@ def test_bad_arguments():
         fit(new_model(), [1, 2], progress=False)
     with pytest.raises(ValueError, match="optimizer must be"):
         fit(new_model(), train, optimizer="lbfgs", progress=False)
+
+
+def test_max_norm_bounds_every_unit_and_rejects_bad_c():
+    import pytest
+    import torch
+    from torch import nn
+
+    from dropout_course.training import fit, max_norm_
+
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+    fit(model, (X, y), epochs=3, lr=1.0, optimizer="sgd", max_norm=0.5, progress=False, seed=0)
+    for layer in (model[0], model[3]):
+        assert layer.weight.norm(dim=1).max().item() <= 0.5 + 1e-6
+    unconstrained = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+    fit(unconstrained, (X, y), epochs=3, lr=1.0, optimizer="sgd", progress=False, seed=0)
+    assert unconstrained[0].weight.norm(dim=1).max().item() > 0.5  # the control: the constraint did the work
+    small = nn.Linear(3, 2)
+    before = small.weight.detach().clone()
+    max_norm_(small, 100.0)
+    assert torch.equal(small.weight.detach(), before)  # rows inside the ball are left alone
+    for bad in (0, -1.0, True, "3"):
+        with pytest.raises(ValueError, match="positive number"):
+            fit(model, (X, y), epochs=1, max_norm=bad, progress=False)
