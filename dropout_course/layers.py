@@ -456,16 +456,33 @@ class StochasticDepth(nn.Module):
 
 
 class DropConnectLinear(nn.Linear):
-    r"""A linear layer that drops *weights*, not activations (DropConnect, Wan et al. 2013).
+    r"""A linear layer that drops *weights*, not activations (DropConnect, Wan et al. 2013); ``p`` is the
+    probability of DROPPING a weight.
 
-    In training mode each forward pass samples one mask :math:`M` over the weight matrix, shared by the
-    batch, and uses the inverted scaling so that :math:`\mathbb{E}[y] = W x + b`:
+    Training, ``per_example=True`` (the default, as in Wan et al.): every example :math:`n` of the batch
+    gets its own mask :math:`M^{(n)}` over the weight matrix, with inverted scaling so that
+    :math:`\mathbb{E}[y_n] = W x_n + b`:
 
     .. math::
-        y = \left(\frac{M \odot W}{1 - p}\right) x + b, \qquad M_{ij} \sim \mathrm{Bernoulli}(1 - p)
+        y_n = \left(\frac{M^{(n)} \odot W}{1 - p}\right) x_n + b, \qquad
+        M^{(n)}_{ij} \sim \mathrm{Bernoulli}(1 - p)
 
-    In eval mode it is an ordinary ``nn.Linear`` with the mean weights :math:`W` (the bias is never
-    dropped).
+    (the bias is never dropped). This materialises one masked weight matrix per example: memory
+    :math:`N \cdot H_{out} \cdot H_{in}`. ``per_example=False`` is a cheaper simplification: ONE mask for
+    the whole batch (like AWD-LSTM's weight drop); every example of a batch then shares the same thinned
+    layer, so the copies of a repeated batch are not independent MC samples
+    (``shares_mask_across_batch`` is True and :func:`dropout_course.uncertainty.mc_predict` refuses it).
+
+    Inference: eval mode uses the mean weights :math:`W` (``y = W x + b``, what Wan et al. call *mean
+    inference*). Their own inference rule is :meth:`moment_matched`: the pre-activation :math:`u` of each
+    unit is a sum of many independent terms, approximated by a Gaussian with the same mean and variance,
+
+    .. math::
+        u \sim \mathcal{N}\Big(W x + b,\ \frac{p}{1 - p}\,(W \odot W)(x \odot x)\Big), \qquad
+        r = \frac{1}{S}\sum_{s=1}^{S} a(u_s),
+
+    and the activation :math:`a` is averaged over :math:`S` draws (the inverted-scaling form of their
+    :math:`\mathcal{N}(p W v, p(1-p)(W \odot W)(v \odot v))`, where their :math:`p` is the keep probability).
 
     Args:
         in_features: size of each input sample.
@@ -473,6 +490,7 @@ class DropConnectLinear(nn.Linear):
         p: probability of dropping a weight, in [0, 1]. Default: 0.5.
         bias: learn an additive bias. Default: True.
         generator: optional ``torch.Generator`` for the masks.
+        per_example: one weight mask per example (True, Wan et al.) or one per batch (False).
 
     Shape:
         Input: :math:`(*, H_{in})`. Output: :math:`(*, H_{out})`.
@@ -480,6 +498,8 @@ class DropConnectLinear(nn.Linear):
     Examples:
         >>> layer = DropConnectLinear(16, 4, p=0.3)
         >>> layer(torch.randn(8, 16)).shape
+        torch.Size([8, 4])
+        >>> layer.moment_matched(torch.randn(8, 16), torch.relu, samples=100).shape
         torch.Size([8, 4])
     """
 
@@ -490,21 +510,69 @@ class DropConnectLinear(nn.Linear):
         p: float = 0.5,
         bias: bool = True,
         generator: torch.Generator | None = None,
+        per_example: bool = True,
     ) -> None:
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(per_example, bool):
+            raise TypeError(f"per_example must be a bool, got {per_example!r}")
         super().__init__(in_features, out_features, bias=bias)
         self.p = check_probability(p)
         self.generator = generator
+        self.per_example = per_example
+
+    @property
+    def shares_mask_across_batch(self) -> bool:
+        """True when one weight mask serves the whole batch (``per_example=False``)."""
+        return not self.per_example
 
     def forward(self, x: Tensor) -> Tensor:
         _check_tensor(x)
-        weight = _masked(self.weight, self.p, self.weight.shape, self.training, self.generator)
-        return nn.functional.linear(x, weight, self.bias)
+        if not self.per_example or not self.training or self.p in (0.0, 1.0):
+            weight = _masked(self.weight, self.p, self.weight.shape, self.training, self.generator)
+            return nn.functional.linear(x, weight, self.bias)
+        flat = x.reshape(-1, self.in_features)  # (B, H_in)
+        masks = _keep_mask((len(flat), *self.weight.shape), self.p, self.weight, self.generator)
+        # (B, H_out, H_in) @ (B, H_in, 1) -> (B, H_out)
+        out = torch.bmm(masks * self.weight, flat.unsqueeze(-1)).squeeze(-1)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def moment_matched(
+        self,
+        x: Tensor,
+        activation=torch.relu,
+        samples: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        r"""Wan et al.'s inference: :math:`\frac{1}{S}\sum_s a(u_s)`, ``u`` Gaussian moment-matched to DropConnect.
+
+        Args:
+            x: input (*, H_in).
+            activation: the function applied after this layer (its output is what gets averaged).
+            samples: number of Gaussian draws :math:`S`.
+            generator: optional ``torch.Generator`` for the draws.
+
+        Returns the averaged activation, shape (*, H_out). With ``p = 0`` it is ``activation(W x + b)``.
+        """
+        _check_tensor(x)
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"samples must be a positive int, got {samples!r}")
+        if not callable(activation):
+            raise TypeError(f"activation must be callable, got {type(activation).__name__}")
+        mean = nn.functional.linear(x, self.weight, self.bias)
+        if self.p == 0.0:
+            return activation(mean)
+        if self.p == 1.0:  # every weight dropped: only the bias is left
+            return activation(torch.zeros_like(mean) + (self.bias if self.bias is not None else 0.0))
+        var = self.p / (1.0 - self.p) * nn.functional.linear(x * x, self.weight * self.weight)
+        noise = torch.randn((samples, *mean.shape), dtype=mean.dtype, device=mean.device, generator=generator)
+        return activation(mean + var.sqrt() * noise).mean(0)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, p={self.p}"
+        return f"{super().extra_repr()}, p={self.p}, per_example={self.per_example}"
 
 
 # --------------------------------------------------------------------------- NumPy reference pair

@@ -268,6 +268,65 @@ def test_dropconnect_drops_weights_and_is_unbiased():
         DropConnectLinear(0, 3, 0.5)
 
 
+# --------------------------------------------------------------------------- DropConnectLinear (Wan et al. 2013)
+
+
+def test_dropconnect_per_example_masks_differ_between_examples_and_match_the_exact_variance():
+    p, n, d = 0.4, 3000, 12
+    layer = DropConnectLinear(d, 2, p=p, generator=gen(21))
+    x = torch.linspace(-1, 1, d).expand(n, -1).clone()  # n copies of one input
+    with torch.no_grad():
+        y = layer(x)
+    exact_mean = F.linear(x[:1], layer.weight, layer.bias).detach()[0]
+    exact_var = (p / (1 - p)) * F.linear(x[:1] ** 2, layer.weight.detach() ** 2)[0]
+    assert y.std(0).min() > 0, "identical examples got identical outputs: the mask is shared by the batch"
+    assert ((y.mean(0) - exact_mean).abs() <= SIGMA * exact_var.sqrt() / math.sqrt(n)).all()
+    assert ((y.var(0) / exact_var - 1).abs() <= SIGMA * math.sqrt(2 / n)).all()
+
+
+def test_dropconnect_per_batch_mask_is_shared_and_flagged():
+    layer = DropConnectLinear(12, 3, p=0.5, generator=gen(22), per_example=False)
+    assert layer.shares_mask_across_batch and not DropConnectLinear(2, 2).shares_mask_across_batch
+    y = layer(torch.ones(5, 12))
+    assert torch.equal(y, y[:1].expand(5, -1)), "per_example=False must use one mask for the batch"
+
+
+def test_dropconnect_shapes_gradients_and_edge_cases():
+    layer = DropConnectLinear(4, 3, p=0.3, generator=gen(23)).double()
+    x = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert layer(x).shape == (2, 5, 3)
+
+    # the gradient flows through the sampled mask: fix the mask by reseeding before each evaluation
+    def f(inp):
+        layer.generator.manual_seed(0)
+        return layer(inp)
+
+    assert torch.autograd.gradcheck(f, (x,))
+    layer.p = 1.0
+    torch.testing.assert_close(layer(x), layer.bias.expand(2, 5, 3))  # every weight dropped: bias only
+    with pytest.raises(TypeError, match="per_example must be a bool, got 'yes'"):
+        DropConnectLinear(2, 2, per_example="yes")
+
+
+def test_dropconnect_moment_matched_inference_matches_sampled_dropconnect():
+    """Gaussian moment matching (Wan et al.) ~ the average of relu over real DropConnect masks (fan-in 200)."""
+    torch.manual_seed(0)
+    layer = DropConnectLinear(200, 4, p=0.5, generator=gen(24))
+    x = torch.rand(3, 200)
+    with torch.no_grad():
+        sampled = torch.relu(layer(x.repeat(4000, 1))).reshape(4000, 3, 4).mean(0)
+        matched = layer.moment_matched(x, torch.relu, samples=4000, generator=gen(25))
+        mean_inference = torch.relu(F.linear(x, layer.weight, layer.bias))
+    spread = torch.relu(layer(x.repeat(4000, 1))).reshape(4000, 3, 4).std(0).detach() / math.sqrt(4000)
+    assert ((matched - sampled).abs() <= SIGMA * 1.5 * spread + 0.01).all(), (matched, sampled)
+    # with a wide pre-activation distribution, mean inference relu(E[u]) underestimates E[relu(u)]
+    assert (matched - mean_inference).abs().max() > 10 * spread.max()
+    layer.p = 0.0
+    torch.testing.assert_close(layer.moment_matched(x, torch.relu), mean_inference)
+    with pytest.raises(ValueError, match="samples must be a positive int, got 0"):
+        layer.moment_matched(x, torch.relu, samples=0)
+
+
 # --------------------------------------------------------------------------- NumPy reference pair
 
 

@@ -163,11 +163,61 @@ def test_bad_inputs_raise_with_the_value():
 
 
 def test_batch_shared_masks_are_refused_by_the_vectorised_form():
-    net = nn.Sequential(DropConnectLinear(4, 2, p=0.5))
+    net = nn.Sequential(DropConnectLinear(4, 2, p=0.5, per_example=False))
     x = torch.randn(3, 4)
     with pytest.raises(ValueError, match="DropConnectLinear.*mc_predict_loop"):
         mc_predict(net, x, T=4)
     assert mc_predict_loop(net, x, T=4, seed=0).shape == (4, 3, 2)
+
+
+def test_per_example_dropconnect_is_sampled_independently_by_the_vectorised_form():
+    """Per-example weight masks: the repeated copies are independent samples with the exact variance."""
+    torch.manual_seed(0)
+    p, T, d = 0.3, 2000, 10
+    layer = DropConnectLinear(d, 1, p=p, bias=False)
+    x = torch.linspace(0.5, 1.5, d).expand(2, -1).clone()
+    w = layer.weight[0].detach()
+    var = float((w**2 * x[0] ** 2).sum() * p / (1 - p))
+    out = mc_predict(nn.Sequential(layer), x, T=T, seed=0)[..., 0]  # (T, 2)
+    assert abs(out.var().item() / var - 1) < 5 * math.sqrt(2 / out.numel())
+    corr = np.corrcoef(out[:, 0].numpy(), out[:, 1].numpy())[0, 1]
+    assert abs(corr) < 5 / math.sqrt(T), f"copies of two examples share masks (corr {corr:.3f})"
+
+
+@pytest.mark.parametrize("n", [1, 7, 300])
+@pytest.mark.parametrize("max_rows", [None, 1, 50])
+def test_chunked_passes_match_the_distribution_and_order(n, max_rows, monkeypatch):
+    """Whatever the chunking (many copies per pass, one, or the max_rows cap), out[t, i] is pass t of x[i]."""
+    import dropout_course.uncertainty as unc
+
+    monkeypatch.setattr(unc, "CHUNK_ELEMENTS", 64)  # force several chunks even for tiny inputs
+    p, T = 0.4, 40
+    net, x = linear_dropout_net(p, d=4)
+    xb = x.expand(n, -1).clone() * torch.arange(1, n + 1).unsqueeze(1)  # example i scaled by i + 1
+    out = mc_predict(net, xb, T=T, seed=0, max_rows=max_rows)[..., 0]  # (T, n)
+    assert out.shape == (T, n)
+    w = net[1].weight[0].detach()
+    mean = (xb @ w).detach()
+    sd = torch.sqrt((w**2 * xb**2).sum(1) * p / (1 - p))
+    z = (out.mean(0) - mean) / (sd / math.sqrt(T))
+    assert (z.abs() < 5).all(), f"per-example means off by {z.abs().max():.1f} standard errors"
+    assert (out.std(0) > 0.3 * sd).all(), "copies of an example are not independent samples"
+
+
+def test_chunk_size_grows_with_small_inputs_and_is_one_copy_for_large_ones(monkeypatch):
+    """Small inputs run many copies per pass; inputs of CHUNK_ELEMENTS numbers run one pass per sample."""
+    import dropout_course.uncertainty as unc
+
+    rows = []
+    lin = nn.Linear(4, 1)
+    lin.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
+    net = nn.Sequential(Dropout(0.5), lin)
+    monkeypatch.setattr(unc, "CHUNK_ELEMENTS", 400)
+    mc_predict(net, torch.randn(10, 4), T=25, seed=0)  # 40 numbers per copy -> 10 copies per pass
+    assert rows == [100, 100, 50]
+    rows.clear()
+    mc_predict(net, torch.randn(200, 4), T=3, seed=0)  # 800 numbers > 400 -> one copy per pass
+    assert rows == [200, 200, 200]
 
 
 # --------------------------------------------------------------------------- calibration
