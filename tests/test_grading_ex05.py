@@ -73,7 +73,7 @@ def ok_course_dropout(q, k, v, p, training=True):
     return w @ v, w
 
 
-OK_ATTENTION = [ok_rand, ok_bernoulli, ok_mask_first, ok_numpy_order, ok_course_dropout]
+OK_ATTENTION = [ok_rand, ok_bernoulli, ok_mask_first, ok_numpy_order]
 
 
 @pytest.mark.parametrize("fn", OK_ATTENTION, ids=[f.__name__ for f in OK_ATTENTION])
@@ -301,9 +301,10 @@ WRONG_ATTENTION = {
     same_mask_every_call: ["the same mask on every call"],
     nan_at_p1: ["p=1 gives NaN"],
     zero_division_at_p1: ["p=1 divides by zero"],
-    uses_f_dropout: ["calls torch's own dropout (torch.nn.functional.dropout)"],
-    uses_nn_dropout: ["calls torch's own dropout", "torch.nn.Dropout"],
-    uses_sdpa: ["scaled_dot_product_attention(dropout_p > 0)", "the output is not weights @ v"],
+    uses_f_dropout: ["not credited: calls torch.nn.functional.dropout"],
+    uses_nn_dropout: ["not credited: calls torch.nn", "the task is to write attention dropout yourself"],
+    uses_sdpa: ["not credited: calls torch.nn.functional.scaled_dot_product_attention(dropout_p > 0)"],
+    ok_course_dropout: ["not credited: calls dropout_course.layers.dropout"],
     no_sqrt_d: ["the scores are not scaled: divide q @ k^T by sqrt(d)"],
     divided_by_d: ["the scores are divided by d = 8 instead of sqrt(d)"],
     softmax_wrong_dim: ["softmax over the wrong dimension"],
@@ -380,7 +381,7 @@ def ok_dp_reference(x, p, training=True):
     return DropPath(p).train(training)(x)
 
 
-OK_DROP_PATH = [ok_dp_rand, ok_dp_bernoulli_view, ok_dp_numpy_loop, ok_dp_reference]
+OK_DROP_PATH = [ok_dp_rand, ok_dp_bernoulli_view, ok_dp_numpy_loop]
 
 
 @pytest.mark.parametrize("fn", OK_DROP_PATH, ids=[f.__name__ for f in OK_DROP_PATH])
@@ -390,7 +391,17 @@ def test_correct_drop_path_passes(grader, fn):
         assert result.passed, _text(result)
 
 
+def _elementwise(x, p, training=True):
+    if not training:
+        return x
+    return x * (torch.rand_like(x) >= p).to(x.dtype) / max(1 - p, 1e-12) * (p < 1)
+
+
 def dp_elementwise(x, p, training=True):
+    return _elementwise(x, p, training)
+
+
+def dp_course_dropout(x, p, training=True):
     return dropout(x, p, training)
 
 
@@ -456,7 +467,9 @@ WRONG_DROP_PATH = {
     dp_in_eval: ["dropout is still applied in eval mode (training=False)"],
     dp_in_place: ["was modified in place"],
     dp_nan_at_p1: ["p=1 gives NaN"],
-    dp_f_dropout_trick: ["calls torch's own dropout (torch.nn.functional.dropout)"],
+    dp_f_dropout_trick: ["not credited: calls torch.nn.functional.dropout"],
+    ok_dp_reference: ["not credited: calls dropout_course.layers.DropPath"],
+    dp_course_dropout: ["not credited: calls dropout_course.layers.dropout"],
     dp_same_mask: ["the same mask on every call"],
 }
 
@@ -520,7 +533,7 @@ class OkBlockKeptOnly(nn.Module):
         return x.index_add(0, kept, self.branch(x[kept]) / (1 - self.p))
 
 
-OK_BLOCKS = [OkBlock, OkBlockCourseDropPath, OkBlockKeptOnly]
+OK_BLOCKS = [OkBlock, OkBlockKeptOnly]
 
 
 @pytest.mark.parametrize("cls", OK_BLOCKS, ids=[c.__name__ for c in OK_BLOCKS])
@@ -540,11 +553,36 @@ def drop_whole_output(self, x):
 
 
 def dropout_on_sum(self, x):
-    return dropout(x + self.branch(x), self.p, self.training)
+    return _elementwise(x + self.branch(x), self.p, self.training)
 
 
 def elementwise_branch(self, x):
-    return x + dropout(self.branch(x), self.p, self.training)
+    return x + _elementwise(self.branch(x), self.p, self.training)
+
+
+def drops_skip_instead(self, x):
+    return ok_dp_rand(x, self.p, self.training) + self.branch(x)
+
+
+def no_skip(self, x):
+    return ok_dp_rand(self.branch(x), self.p, self.training)
+
+
+def cached_mask_init(self, branch, p=0.5):
+    OkBlock.__init__(self, branch, p)
+    self.mask = None
+
+
+def cached_mask(self, x):
+    if not self.training:
+        return x + self.branch(x)
+    if self.mask is None:  # drawn once, reused on every later call
+        self.mask = (torch.rand(len(x), 1, 1) >= self.p).to(x.dtype)
+    return x + self.branch(x) * self.mask / max(1 - self.p, 1e-12) * (self.p < 1)
+
+
+def branch_twice_noise(self, x):  # the branch output is dropped, then a second, unscaled copy is added
+    return x + ok_dp_rand(self.branch(x), self.p, self.training) + 0.1 * self.branch(x)
 
 
 def rescales_skip(self, x):
@@ -623,7 +661,12 @@ WRONG_BLOCKS = {
     _block(block_nan_at_p1): ["p=1 gives NaN", "return x"],
     _block(OkBlock.forward, no_value_error): ["raise ValueError for p outside [0, 1]"],
     _block(unregistered_forward, unregistered): ["the branch is not registered as a submodule"],
-    _block(torch_dropout_forward, torch_dropout_init): ["uses torch's Dropout", "calls torch's own dropout"],
+    _block(torch_dropout_forward, torch_dropout_init): ["not credited: calls torch.nn"],
+    OkBlockCourseDropPath: ["not credited: calls dropout_course.layers.DropPath"],
+    _block(drops_skip_instead): ["the skip connection is dropped instead of the branch"],
+    _block(no_skip): ["the skip connection is dropped"],
+    _block(cached_mask, cached_mask_init): ["the same mask on every call"],
+    _block(branch_twice_noise): ["no branch is removed completely"],
 }
 
 
@@ -634,6 +677,7 @@ def test_wrong_residual_block_is_diagnosed(grader, cls):
     assert not result.passed
     for fragment in WRONG_BLOCKS[cls]:
         assert fragment in text, f"expected {fragment!r} in:\n{text}"
+    assert "one decision is shared by the whole batch" not in text or cls.__name__ == "one_decision", text
 
 
 def test_grading_leaves_the_learner_rng_and_objects_alone(grader):
@@ -646,3 +690,15 @@ def test_grading_leaves_the_learner_rng_and_objects_alone(grader):
     grader.check("attention_with_dropout", ok_rand)
     assert torch.equal(torch.rand(3), expected)
     assert dict(vars(cls)) == before
+
+
+@pytest.mark.parametrize("fn", list(WRONG_ATTENTION), ids=[f.__name__ for f in WRONG_ATTENTION])
+def test_wrong_attention_loses_hidden_points_too(grader, fn):
+    result = grader.check("attention_with_dropout_hidden", fn)
+    assert result.score < result.max_score, _text(result)
+
+
+@pytest.mark.parametrize("fn", list(WRONG_DROP_PATH), ids=[f.__name__ for f in WRONG_DROP_PATH])
+def test_wrong_drop_path_loses_hidden_points_too(grader, fn):
+    result = grader.check("drop_path_hidden", fn)
+    assert result.score < result.max_score, _text(result)

@@ -586,6 +586,7 @@ class Grader:
             return result
         result = CheckResult(self.exercise, name)
         ctx = CheckContext(candidate, self.time_limit, self.seed, extra, spec.originality)
+        first_failed: dict[str, str] = {}  # diagnosis -> the property that reported it first
         for prop in spec.properties:
             passed, diagnosis = False, ""
             try:
@@ -598,6 +599,11 @@ class Grader:
                 raise
             except BaseException as exc:  # noqa: BLE001 - a grader bug must not crash the learner's kernel
                 diagnosis = f"could not be checked: {_describe_exception(exc)}"
+            if not passed:  # one cause, one failing property: the others that hit it say so
+                if diagnosis in first_failed:
+                    diagnosis = f'skipped: fix "{first_failed[diagnosis]}" first (same cause)'
+                else:
+                    first_failed[diagnosis] = prop.name
             result.properties.append(
                 PropertyResult(prop.name, prop.points if passed else 0.0, prop.points, passed, diagnosis)
             )

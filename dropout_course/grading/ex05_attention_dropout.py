@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .. import layers
 from .attention_checks import AttentionCase, attention_properties
-from .core import CheckContext, CheckSpec, Fail, Property, fail_if_torch_dropout_module, register
-from .dropout_checks import Variant, check_rejects_bad_p, forward_properties, function_caller
+from .core import CheckContext, CheckSpec, Fail, Originality, Property, fail_if_torch_dropout_module, register
+from .dropout_checks import (
+    Variant,
+    check_rejects_bad_p,
+    forward_properties,
+    function_caller,
+    variant_fingerprint,
+)
+from .ex01_inverted_dropout import REFERENCES
 from .masks import (
     as_tensor_output,
     diagnose_drop_fraction,
@@ -29,9 +38,18 @@ EXERCISE = "ex05_attention_dropout"
 
 # --------------------------------------------------------------------------- attention
 
+_ATTENTION = Originality(
+    "write attention dropout yourself",
+    (*REFERENCES, "dropout_course.models:SelfAttention", "dropout_course.models:Block"),
+    forbid_sdpa=True,
+)
 register(
     EXERCISE,
-    CheckSpec("attention_with_dropout", attention_properties(AttentionCase("attention_with_dropout"))),
+    CheckSpec(
+        "attention_with_dropout",
+        attention_properties(AttentionCase("attention_with_dropout")),
+        originality=_ATTENTION,
+    ),
 )
 
 # --------------------------------------------------------------------------- drop_path
@@ -46,7 +64,27 @@ def _drop_path_variant(shape=(400, 6, 5)) -> Variant:
     return Variant("drop_path", shape, (0,), "samples", _NOT_CONSTANT)
 
 
-register(EXERCISE, CheckSpec("drop_path", forward_properties(function_caller, _drop_path_variant())))
+def _ones_mask(x, p):
+    return x * F.dropout(x.new_ones((x.shape[0],) + (1,) * (x.dim() - 1)), p, True)
+
+
+_DROP_PATH_REFS = [lambda x, p: layers.DropPath(p).train()(x), _ones_mask]
+
+
+def _drop_path_originality(v: Variant) -> Originality:
+    return Originality(
+        "write DropPath yourself", REFERENCES, fingerprint=variant_fingerprint(v, _DROP_PATH_REFS)
+    )
+
+
+register(
+    EXERCISE,
+    CheckSpec(
+        "drop_path",
+        forward_properties(function_caller, _drop_path_variant()),
+        originality=_drop_path_originality(_drop_path_variant()),
+    ),
+)
 
 # --------------------------------------------------------------------------- ResidualBlock
 
@@ -72,20 +110,26 @@ class _Branch(nn.Module):
 
 def _build(ctx: CheckContext, p: float, branch: nn.Module | None = None):
     cls = ctx.candidate
-    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+    name = getattr(cls, "__name__", type(cls).__name__)
+    if not callable(cls):
         raise Fail(f"expected a class derived from torch.nn.Module, got {type(cls).__name__} {cls!r}")
     branch = branch if branch is not None else _Branch()
     block = ctx.call(cls, branch, p, copy_args=False)
     if not isinstance(block, nn.Module):
-        raise Fail(f"`{cls.__name__}(branch, p)` is not an nn.Module: subclass torch.nn.Module")
+        raise Fail(f"`{name}(branch, p)` is not an nn.Module: subclass torch.nn.Module")
     return block, branch
 
 
+def _instance(ctx, p: float):
+    """The check's ONE ``ResidualBlock(branch, p)`` for ``p`` (reused, so state kept between calls shows)."""
+    return ctx.memo(("block instance", p), lambda: _build(ctx, p))
+
+
 def _block_run(ctx, p: float, training: bool = True, seed: int = 0, tag: str = ""):
-    """Build ``ResidualBlock(branch, p)``, set the mode, call it on a fresh x: (x, branch(x), y), detached."""
+    """Call the check's block for ``p`` in the given mode on a fresh x: (x, branch(x), y), detached."""
 
     def compute():
-        block, branch = _build(ctx, p)
+        block, branch = _instance(ctx, p)
         ctx.call(block.train if training else block.eval, copy_args=False)
         x = make_input(_SHAPE, seed)
         x_passed = x.clone()
@@ -127,6 +171,14 @@ def _dropped_branches(
             "the branch output of whole samples, before adding x"
         )
     same = _per_sample((y - x).abs() <= _TOL)
+    if (
+        _per_sample((y - f).abs() <= 1e-5).all(1).any()
+        or _per_sample((y * (1 - p) - f).abs() <= 1e-5).all(1).any()
+    ):
+        raise Fail(
+            "the skip connection is dropped instead of the branch: some samples give branch(x) without x. "
+            "DropPath drops the branch: out = x + drop_path(branch(x)), x always passes"
+        )
     if 0 < p < 1 and not same.all(1).any() and _per_sample((y * (1 - p) - x).abs() <= _TOL).all(1).any():
         raise Fail(
             "the skip connection is rescaled too: dropped samples give x/(1-p) instead of x (and kept ones "
@@ -137,6 +189,21 @@ def _dropped_branches(
             "drops single elements of the branch output, not whole samples: within one sample the branch is "
             "kept for some values and dropped for others; draw one mask value per sample, shape (N, 1, 1)"
         )
+    ratio = _per_sample((y - x) / f)
+    spread = ratio.max(1).values - ratio.min(1).values
+    if not (same.all(1) | (spread <= 1e-4 * ratio.abs().max(1).values.clamp(min=1.0))).all():
+        raise Fail(
+            "for some samples the output is neither x (branch dropped) nor x + c * branch(x) (branch kept and "
+            "scaled): compute out = x + branch(x) * mask / (1-p) with one mask value per sample"
+        )
+    if not same.all(1).any():
+        c = ratio.median(1).values
+        lo, hi = float(c.min()), float(c.max())
+        if hi - lo > 1e-4 * max(abs(hi), abs(lo), 1.0):
+            raise Fail(
+                f"no branch is removed completely: every sample gets x + c * branch(x), with c from {lo:.3g} to "
+                f"{hi:.3g}; a dropped branch contributes nothing (out = x), a kept one branch(x) / (1-p)"
+            )
     return same.all(1).numpy(), x, f, y
 
 
@@ -230,7 +297,8 @@ def _residual_properties() -> list[Property]:
             raise Fail("p=0 should keep every branch unscaled: the output is x + branch(x)")
 
     def rejects_bad_p(ctx):
-        check_rejects_bad_p(ctx, lambda bad: _build(ctx, bad)[0], f"{ctx.candidate.__name__}(branch, {{p}})")
+        name = getattr(ctx.candidate, "__name__", "ResidualBlock")
+        check_rejects_bad_p(ctx, lambda bad: _build(ctx, bad)[0], f"{name}(branch, {{p}})")
 
     def no_inplace(ctx):
         _block_run(ctx, 0.2)
@@ -254,7 +322,14 @@ def _residual_properties() -> list[Property]:
     ]
 
 
-register(EXERCISE, CheckSpec("ResidualBlock", _residual_properties()))
+register(
+    EXERCISE,
+    CheckSpec(
+        "ResidualBlock",
+        _residual_properties(),
+        originality=Originality("write the residual block with your own DropPath", REFERENCES),
+    ),
+)
 
 # --------------------------------------------------------------------------- hidden checks
 
@@ -266,17 +341,15 @@ register(
             AttentionCase("attention_with_dropout", (6, 4), 12, 12, 16, 16), p_values=(0.1, 0.85), hidden=True
         ),
         hidden=True,
+        originality=_ATTENTION,
     ),
 )
 register(
     EXERCISE,
     CheckSpec(
         "drop_path_hidden",
-        [
-            p
-            for p in forward_properties(function_caller, _drop_path_variant((500, 7)), p_values=(0.1, 0.85))
-            if not p.name.startswith(("a fresh", "is the identity"))
-        ],
+        forward_properties(function_caller, _drop_path_variant((500, 7)), p_values=(0.1, 0.85)),
         hidden=True,
+        originality=_drop_path_originality(_drop_path_variant((500, 7))),
     ),
 )
