@@ -16,6 +16,8 @@ from dropout_course.theory import (
     dropout_ridge_solution,
     exact_softmax_ensemble,
     expected_dropout_loss,
+    logistic_dropout_penalty,
+    logistic_dropout_penalty_quadratic,
     mask_probabilities,
     monte_carlo_dropout_loss,
     normalized_geometric_mean,
@@ -245,3 +247,39 @@ def test_ridge_solution_against_normal_equations():
 def test_bad_input_raises_with_a_clear_message(call, error, message):
     with pytest.raises(error, match=re.escape(message)):
         call()
+
+
+# --------------------------------------------------------------------------- logistic regression (Wager et al.)
+
+
+def test_logistic_penalty_quadratic_matches_monte_carlo_for_small_p():
+    generator = torch.Generator().manual_seed(0)
+    # many features with small weights (Wager et al.'s setting): dropping one input moves the logit little
+    X = torch.randn(200, 50, dtype=torch.float64, generator=generator)
+    w = 0.2 * torch.randn(50, dtype=torch.float64, generator=generator)
+    p = 0.2
+    mc, se = logistic_dropout_penalty(X, w, p, n_samples=4000, generator=generator)
+    quad = logistic_dropout_penalty_quadratic(X, w, p)
+    assert mc.shape == quad.shape == se.shape == (200,)
+    # second order is accurate when each input moves the logit little: total within 3 standard errors + 10 %
+    assert abs(mc.sum() - quad.sum()) < 3 * se.pow(2).sum().sqrt() + 0.1 * quad.sum()
+
+
+def test_logistic_penalty_is_largest_for_uncertain_predictions():
+    X = torch.tensor([[0.1, 0.0], [6.0, 0.0]], dtype=torch.float64)  # logit 0.1 (uncertain) and 6 (confident)
+    w = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    quad = logistic_dropout_penalty_quadratic(X, w, 0.5)
+    variance = X[:, 0] ** 2  # p/(1-p) = 1
+    per_unit = quad / variance
+    assert per_unit[0] == pytest.approx(0.5 * 0.25, rel=0.01)  # p_hat ~ 1/2: the largest weight, 1/4
+    assert per_unit[1] < 0.05 * per_unit[0]
+
+
+def test_logistic_penalty_bad_input():
+    X, w = torch.zeros(3, 2), torch.zeros(3)
+    with pytest.raises(ValueError, match="w must have 2 entries"):
+        logistic_dropout_penalty_quadratic(X, w, 0.5)
+    with pytest.raises(ValueError, match="n_samples"):
+        logistic_dropout_penalty(torch.zeros(3, 2), torch.zeros(2), 0.5, n_samples=1)
+    with pytest.raises(ValueError):
+        logistic_dropout_penalty(torch.zeros(3, 2), torch.zeros(2), 1.0)
