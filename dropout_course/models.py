@@ -186,7 +186,10 @@ class WeightDrop(Dropout):
     Shape: any weight shape; output the same.
     """
 
-    shares_mask_across_batch = True
+    @property
+    def shares_mask_across_batch(self) -> bool:
+        """True when it drops anything: one mask for the whole batch (MC code must not repeat the batch)."""
+        return self.p > 0
 
 
 class CharRNN(nn.Module):
