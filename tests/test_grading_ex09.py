@@ -275,7 +275,7 @@ def test_fresh_dropout_fix_passes(grader):
     [
         (ScriptDropout, "a fresh mask on every forward call", "cached and reused"),
         (BatchShared, "drops a fraction p and scales the kept units by 1/(1-p)", "share one mask"),
-        (WrapsTorch, "a fresh mask on every forward call", "wraps torch's Dropout"),
+        (WrapsTorch, "a fresh mask on every forward call", "wraps a ready-made dropout layer (Dropout)"),
     ],
 )
 def test_fresh_dropout_bugs_fail_their_property(grader, cls, prop, diagnosis):

@@ -21,6 +21,8 @@ import math
 import torch
 from torch import nn
 
+from ..layers import is_dropout_module
+from ..practice import leaf_modules
 from .core import CheckContext, CheckSpec, Fail, Property, register
 
 EXERCISE = "ex09_debug_dropout"
@@ -168,11 +170,11 @@ def _built(ctx: CheckContext, keep_prob: float) -> nn.Module:
 
 
 def _dropout_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    return [m for m in model.modules() if is_dropout_module(m)]
 
 
 def _leaf_sequence(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if not list(m.children())]
+    return [m for _, m in leaf_modules(model)]
 
 
 def _classifier_runs(ctx: CheckContext) -> None:
@@ -208,7 +210,7 @@ def _classifier_no_logit_dropout(ctx: CheckContext) -> None:
     leaves = _leaf_sequence(_built(ctx, 0.8))
     last_linear = max(i for i, m in enumerate(leaves) if isinstance(m, nn.Linear))
     after = [type(m).__name__ for m in leaves[last_linear + 1 :]]
-    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in leaves[last_linear + 1 :]):
+    if any(is_dropout_module(m) for m in leaves[last_linear + 1 :]):
         raise Fail(
             f"dropout after the output layer ({', '.join(after)}): it zeroes class scores, which the loss then "
             "trains on; put dropout after the hidden activations only"
@@ -221,7 +223,7 @@ def _classifier_hidden_dropout(ctx: CheckContext) -> None:
     linears = [i for i, m in enumerate(leaves) if isinstance(m, nn.Linear)]
     for a, b in zip(linears[:-1], linears[1:], strict=True):
         between = leaves[a + 1 : b]
-        kinds = [isinstance(m, nn.modules.dropout._DropoutNd) for m in between]
+        kinds = [is_dropout_module(m) for m in between]
         if not any(kinds):
             raise Fail(
                 f"no dropout between hidden layers {names[a : b + 1]}: put one after each hidden activation"
@@ -349,8 +351,8 @@ def _module(ctx: CheckContext, p: float) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise Fail(f"FreshDropout(p) must create an nn.Module, got {type(module).__name__}")
     for sub in module.modules():
-        if isinstance(sub, nn.modules.dropout._DropoutNd):
-            raise Fail(f"wraps torch's {type(sub).__name__}: fix the mask code itself")
+        if sub is not module and is_dropout_module(sub):
+            raise Fail(f"wraps a ready-made dropout layer ({type(sub).__name__}): write the mask code itself")
     return module.train()
 
 
