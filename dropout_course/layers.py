@@ -410,9 +410,9 @@ class StochasticDepth(nn.Module):
     When :math:`b = 0` the branch is not computed at all (no forward, no backward, no gradient for its
     weights), so a network of such blocks trains faster: with the linear decay rule
     (:func:`stochastic_depth_rates`, last block ``p = 0.5``) about a quarter of the blocks are skipped per
-    step. Because one decision covers the whole batch, MC-dropout sampling of a repeated batch would
-    not give independent samples (``shares_mask_across_batch``). Compare :class:`DropPath`: one decision
-    per sample, inverted scaling, no compute saved.
+    step. It is a training-time device, not one of the dropout modules that MC-dropout mode switches on
+    (there it stays in eval mode and scales the branch). Compare :class:`DropPath`: one decision per
+    sample, inverted scaling, no compute saved.
 
     Args:
         branch: the residual branch :math:`f`, a module whose output has the shape of its input.
@@ -428,8 +428,6 @@ class StochasticDepth(nn.Module):
         >>> _ = block.eval(); torch.allclose(block(x), x + 0.5 * block.branch(x))
         True
     """
-
-    shares_mask_across_batch = True
 
     def __init__(self, branch: nn.Module, p: float = 0.5, generator: torch.Generator | None = None) -> None:
         super().__init__()
