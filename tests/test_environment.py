@@ -33,3 +33,7 @@ def test_ci_and_readme_run_the_same_test_command():
     assert "make test" in readme and re.search(r"^make test$", ci, re.M)
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test: ", makefile, re.M) and re.search(r"^lab: ", makefile, re.M)
+    # CI runs the checks first, then the tests; the README shows the pytest command `make test` runs.
+    assert ci.index("\nmake check\n") < ci.index("\nmake test")
+    pytest_args = re.search(r"^test: .*\n\t\$\(BIN\)/python -m (pytest .*)$", makefile, re.M).group(1)
+    assert f"`{pytest_args}`" in " ".join(readme.split()), f"README does not show `{pytest_args}`"
