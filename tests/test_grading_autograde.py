@@ -361,7 +361,7 @@ def test_locked_cells_are_replaced_by_the_source():
         if _gid(cell) == "check_dropout_forward":
             cell.source = "print('full marks please')"
     graded, notes = build_graded_notebook(nb, nbformat.read(SOURCE, as_version=4))
-    sources = [c.source for c in graded.cells]
+    sources = [c["source"] for c in graded["cells"]]
     assert 'grader.check("dropout_forward", dropout_forward)' in sources
     assert "print('full marks please')" not in sources
     assert any("dropout_forward_hidden" in s for s in sources) and notes == []

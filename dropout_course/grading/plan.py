@@ -17,8 +17,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
-
 from .release import META_KEY, find_sources, release_cell
 
 
@@ -42,6 +40,10 @@ class Step:
     learner: bool = False  # the learner's code (a solution cell or a cell of their own)
 
 
+def code_cell(source: str, metadata: dict | None = None) -> dict:
+    return {"cell_type": "code", "metadata": dict(metadata or {}), "source": source, "outputs": []}
+
+
 def nbgrader_meta(cell) -> dict:
     meta = cell.get("metadata", {}) if isinstance(cell, dict) else {}
     value = meta.get("nbgrader", {}) if isinstance(meta, dict) else {}
@@ -53,12 +55,27 @@ def grade_id(cell) -> str | None:
     return gid if isinstance(gid, str) else None
 
 
-def sources(source_dir: Path) -> dict[str, nbformat.NotebookNode]:
-    return {p.parent.name: nbformat.read(p, as_version=4) for p in find_sources(source_dir)}
+_SOURCES: dict[tuple, dict] = {}
 
 
-def parse_submission(raw: bytes) -> tuple[nbformat.NotebookNode, list[str]]:
-    """The notebook in ``raw`` and notes on metadata that had to be ignored; ValueError with a reason."""
+def _read(path: Path) -> dict:
+    nb, _ = parse_submission(path.read_bytes())
+    return nb
+
+
+def sources(source_dir: Path) -> dict[str, dict]:
+    """The source notebooks by exercise id (read once per judge process while the files are unchanged)."""
+    paths = find_sources(source_dir)
+    key = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    if key not in _SOURCES:
+        _SOURCES.clear()
+        _SOURCES[key] = {p.parent.name: _read(p) for p in paths}
+    return _SOURCES[key]
+
+
+def parse_submission(raw: bytes) -> tuple[dict, list[str]]:
+    """The notebook in ``raw`` (plain JSON: cells with a str ``source`` and dict ``metadata``) and notes on
+    what had to be ignored; ValueError with a reason if it is not a notebook."""
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -87,23 +104,17 @@ def parse_submission(raw: bytes) -> tuple[nbformat.NotebookNode, list[str]]:
     data["cells"] = cells
     if not isinstance(data.get("metadata"), dict):
         data["metadata"] = {}
-    data.setdefault("nbformat", 4)
-    data.setdefault("nbformat_minor", 5)
-    try:
-        nb = nbformat.from_dict(data)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"not a Jupyter notebook: {type(exc).__name__}: {str(exc)[:120]}") from None
-    return nb, notes
+    return data, notes
 
 
 def detect_exercise(nb, path: Path, known: dict) -> str | None:
     meta = nb.get("metadata", {}).get(META_KEY, {})
     if isinstance(meta, dict) and meta.get("exercise") in known:
         return meta["exercise"]
-    ids = {grade_id(c) for c in nb.cells} - {None}
+    ids = {grade_id(c) for c in nb["cells"]} - {None}
     best, overlap = None, 0
     for name, src in known.items():
-        n = len(ids & ({grade_id(c) for c in src.cells} - {None}))
+        n = len(ids & ({grade_id(c) for c in src["cells"]} - {None}))
         if n > overlap:
             best, overlap = name, n
     if best:
@@ -114,27 +125,25 @@ def detect_exercise(nb, path: Path, known: dict) -> str | None:
     return None
 
 
-def build_graded_notebook(submission, source) -> tuple[nbformat.NotebookNode, list[str]]:
+def build_graded_notebook(submission, source) -> tuple[dict, list[str]]:
     """The notebook to grade: the learner's solution cells inside the source's locked cells.
 
     Returns the notebook and notes (missing cells) for the gradebook.
     """
-    source_cells = {grade_id(c): c for c in source.cells if grade_id(c)}
-    order = [grade_id(c) for c in source.cells if grade_id(c)]
+    source_cells = {grade_id(c): c for c in source["cells"] if grade_id(c)}
+    order = [grade_id(c) for c in source["cells"] if grade_id(c)]
     out, seen = [], set()
-    for cell in submission.cells:
+    for cell in submission["cells"]:
         gid = grade_id(cell)
         if gid in source_cells and gid not in seen:
             src = source_cells[gid]
-            if nbgrader_meta(src).get("solution") and src.cell_type == "code":
-                kept = nbformat.v4.new_code_cell(cell.get("source", ""))
-                kept.metadata = src.metadata
-                out.append(kept)
+            if nbgrader_meta(src).get("solution") and src["cell_type"] == "code":
+                out.append(code_cell(str(cell.get("source", "")), src["metadata"]))
             else:
                 out.append(src)  # locked cells: the instructor's version, hidden tests included
             seen.add(gid)
         elif cell.get("cell_type") == "code":
-            out.append(nbformat.v4.new_code_cell(cell.get("source", "")))
+            out.append(code_cell(str(cell.get("source", ""))))
         else:
             out.append(cell)
     missing = [gid for gid in order if gid not in seen]
@@ -148,10 +157,7 @@ def build_graded_notebook(submission, source) -> tuple[nbformat.NotebookNode, li
                 position = i + 1
         out.insert(position, new)
     notes = [f"missing cells re-inserted from the source: {', '.join(missing)}"] if missing else []
-    nb = nbformat.v4.new_notebook()
-    nb.metadata = dict(source.metadata)
-    nb.cells = out
-    return nb, notes
+    return {"metadata": dict(source.get("metadata", {})), "cells": out, "nbformat": 4}, notes
 
 
 def check_calls(code: str) -> list[CheckCall]:
@@ -184,15 +190,15 @@ def check_calls(code: str) -> list[CheckCall]:
 def steps(graded, source) -> list[Step]:
     """The graded notebook's code cells as steps (grade cells of the source carry their checks)."""
     source_locked = {
-        grade_id(c) for c in source.cells if grade_id(c) and not nbgrader_meta(c).get("solution")
+        grade_id(c) for c in source["cells"] if grade_id(c) and not nbgrader_meta(c).get("solution")
     }
-    course_text = {c.source for c in source.cells if c.cell_type == "code"}
+    course_text = {c["source"] for c in source["cells"] if c["cell_type"] == "code"}
     result = []
-    for index, cell in enumerate(graded.cells):
-        if cell.cell_type != "code":
+    for index, cell in enumerate(graded["cells"]):
+        if cell["cell_type"] != "code":
             continue
-        gid = grade_id(cell)
-        checks = check_calls(cell.source) if gid in source_locked and nbgrader_meta(cell).get("grade") else []
-        learner = gid not in source_locked and cell.source not in course_text
-        result.append(Step(index, cell.source, gid, checks, learner))
+        gid, text = grade_id(cell), str(cell.get("source", ""))
+        checks = check_calls(text) if gid in source_locked and nbgrader_meta(cell).get("grade") else []
+        learner = gid not in source_locked and text not in course_text
+        result.append(Step(index, text, gid, checks, learner))
     return result
