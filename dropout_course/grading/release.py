@@ -25,7 +25,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import nbformat
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -131,6 +134,8 @@ def release_notebook(nb, exercise: str, source_name: str = "") -> nbformat.Noteb
 def is_pristine(path: Path) -> bool:
     """True if ``path`` is a release notebook exactly as ``release`` wrote it (no edits, no outputs)."""
     try:
+        import nbformat
+
         nb = nbformat.reads(Path(path).read_text(encoding="utf-8"), as_version=4)
         recorded = nb["metadata"][META_KEY]["fingerprint"]
     except Exception:  # noqa: BLE001 - unreadable or foreign: not ours to overwrite
@@ -139,6 +144,8 @@ def is_pristine(path: Path) -> bool:
 
 
 def _text(nb) -> str:
+    import nbformat
+
     return nbformat.writes(nb) + "\n"
 
 
@@ -176,6 +183,8 @@ def release(
     expected_paths = set()
     for src in find_sources(source_dir):
         exercise = src.parent.name
+        import nbformat
+
         nb = nbformat.read(src, as_version=4)
         rel_source = f"{src.parent.name}/{src.name}"
         text = _text(release_notebook(nb, exercise, rel_source))
