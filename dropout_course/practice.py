@@ -1,4 +1,9 @@
-"""Dropout in practice: a checklist that audits a model for the usual dropout mistakes.
+"""Dropout in practice: the recipe as one printable card, a learning-rate study, and an audit of a model.
+
+:data:`RECIPE` holds the course's decisions (where dropout goes, which ``p``, which variant) with the
+notebook or paper behind each; :func:`recipe_card` draws them as a one-page figure.
+:func:`learning_rate_sweep` trains configurations over a grid of learning rates (Srivastava et al. 2014,
+appendix A.2-A.3: dropout networks want a larger learning rate, helped by a max-norm constraint).
 
 :func:`audit_dropout` looks at a model's dropout sites (``p`` is the probability of DROPPING everywhere)
 and, given an input batch, at how it behaves, and returns one :class:`Finding` per problem:
@@ -18,6 +23,7 @@ flow of ``nn.Sequential`` chains and of most hand-written models; an audit is a 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +31,7 @@ from torch import nn
 
 from .layers import is_dropout_module, restored_modes
 
-__all__ = ["Finding", "audit_dropout", "leaf_modules"]
+__all__ = ["Finding", "audit_dropout", "leaf_modules", "RECIPE", "recipe_card", "learning_rate_sweep"]
 
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -120,3 +126,109 @@ def audit_dropout(model: nn.Module, x: torch.Tensor | None = None) -> list[Findi
                 )
             )
     return findings
+
+
+# --------------------------------------------------------------------------- the recipe, one page
+
+RECIPE: tuple[tuple[str, str, str], ...] = (
+    (
+        "Fully connected hidden layers",
+        "p = 0.5 after each activation; 0.2-0.5 if the layer is narrow",
+        "02, Srivastava A.4",
+    ),
+    ("Inputs (pixels, features)", "p = 0.2 or less; none for few or categorical inputs", "02, Hinton 2012"),
+    ("Output layer (logits)", "no dropout", "ex09"),
+    ("Width", "a layer of n units without dropout needs about n / (1 - p) with it", "02, Srivastava A.1"),
+    ("Convolutional maps", "spatial (channel) dropout or DropBlock, small p; element-wise is weak", "04"),
+    ("Recurrent networks", "one mask per sequence (locked); weight drop on W_hh", "05"),
+    ("Transformers", "residual + embedding dropout ~0.1; attention dropout; drop path when deep", "06"),
+    ("With BatchNorm", "dropout after the last BatchNorm, never right before one", "09, Li 2019"),
+    ("Optimiser", "re-tune the learning rate with dropout on; max-norm c = 3-4 is Srivastava's choice", "10"),
+    ("Large-scale pre-training", "often p = 0 (PaLM); p = 0.1 when fine-tuning (PaLM, BERT)", "10"),
+    ("Uncertainty", "keep dropout on at test time, average T passes (MC dropout)", "07"),
+    (
+        "Debugging",
+        "model.eval() to predict; loss must fall with dropout off; audit_dropout(model, x)",
+        "ex09, 10",
+    ),
+)
+
+
+def recipe_card(rows: Iterable[tuple[str, str, str]] = RECIPE, title: str = "Dropout: the recipe"):
+    """The recipe as a one-page figure (a table: decision, what to do, where it is measured); returns it.
+
+    Save it for printing with ``recipe_card().savefig("dropout_recipe.pdf")``.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = [tuple(r) for r in rows]
+    if not rows or any(len(r) != 3 for r in rows):
+        raise ValueError("rows must be a non-empty sequence of (decision, recipe, evidence) triples")
+    fig, ax = plt.subplots(figsize=(11.0, 0.42 * len(rows) + 1.2))
+    ax.axis("off")
+    table = ax.table(
+        cellText=rows,
+        colLabels=("Decision", "What to do", "Measured / source"),
+        colWidths=(0.22, 0.62, 0.16),
+        loc="upper center",
+        cellLoc="left",
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    table.scale(1.0, 1.5)
+    for (row, _), cell in table.get_celld().items():
+        if row == 0:
+            cell.set_text_props(weight="bold")
+            cell.set_facecolor("#e8eef7")
+    ax.set_title(title, fontsize=13, weight="bold", loc="left")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- learning rate and max-norm
+
+
+def learning_rate_sweep(
+    configs: Mapping[str, Callable[[int], nn.Module]],
+    data,
+    lrs: Iterable[float],
+    seeds: Iterable[int] = (0, 1),
+    fit_kwargs: Mapping | None = None,
+    per_config_fit: Mapping[str, Mapping] | None = None,
+    progress: bool = True,
+):
+    """Train every configuration at every learning rate and seed; one row per run.
+
+    Args:
+        configs: ``{name: make_model(seed)}``.
+        data: train/val/test splits (see :mod:`dropout_course.data`); test metrics come from ``data.test``.
+        lrs: the learning rates.
+        seeds: seeds (initial weights, batch order and masks); runs with the same seed are paired.
+        fit_kwargs: shared keyword arguments of :func:`~dropout_course.training.fit` (not ``lr``).
+        per_config_fit: per-name overrides (e.g. ``{"dropout + max-norm": {"max_norm": 2.0}}``).
+
+    Returns:
+        A DataFrame with columns ``config, lr, seed, test_loss, test_acc``.
+    """
+
+    from . import experiments
+
+    lrs = [float(lr) for lr in lrs]
+    if not lrs or any(not lr > 0 for lr in lrs):
+        raise ValueError(f"lrs must be positive learning rates, got {lrs!r}")
+    if "lr" in (fit_kwargs or {}):
+        raise ValueError("fit_kwargs must not set lr: the sweep sets it")
+    names = {(name, lr): f"{name} @ lr={lr:g}" for name in configs for lr in lrs}
+    runs = experiments.compare(
+        {label: configs[name] for (name, _), label in names.items()},
+        data,
+        seeds,
+        fit_kwargs,
+        {label: {**((per_config_fit or {}).get(name, {})), "lr": lr} for (name, lr), label in names.items()},
+        progress=progress,
+    )
+    finals = experiments.final(runs, ["test_loss", "test_acc"])
+    lookup = {label: key for key, label in names.items()}
+    finals["lr"] = [lookup[c][1] for c in finals["config"]]
+    finals["config"] = [lookup[c][0] for c in finals["config"]]
+    return finals[["config", "lr", "seed", "test_loss", "test_acc"]].reset_index(drop=True)

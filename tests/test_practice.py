@@ -67,3 +67,52 @@ def test_train_mode_is_found_and_modes_and_rng_are_left_alone():
 def test_bad_input_is_named():
     with pytest.raises(TypeError, match="torch.nn.Module, got list"):
         audit_dropout([nn.Linear(2, 2)])
+
+
+def test_learning_rate_sweep_pairs_configs_lrs_and_seeds():
+    from dropout_course.data import load_digits
+    from dropout_course.models import MLP, MLPConfig
+    from dropout_course.practice import learning_rate_sweep
+
+    data = load_digits(n_train=200, seed=0)
+    runs = learning_rate_sweep(
+        {
+            "plain": lambda s: MLP(MLPConfig(in_features=64, hidden=(16,))),
+            "capped": lambda s: MLP(MLPConfig(in_features=64, hidden=(16,), hidden_dropout=0.5)),
+        },
+        data,
+        lrs=(0.01, 0.1),
+        seeds=(0, 1),
+        fit_kwargs=dict(epochs=2, optimizer="sgd"),
+        per_config_fit={"capped": {"max_norm": 0.5}},
+        progress=False,
+    )
+    assert list(runs.columns) == ["config", "lr", "seed", "test_loss", "test_acc"]
+    assert sorted(set(zip(runs.config, runs.lr, runs.seed, strict=True))) == sorted(
+        (c, lr, s) for c in ("capped", "plain") for lr in (0.01, 0.1) for s in (0, 1)
+    )
+    again = learning_rate_sweep(
+        {"plain": lambda s: MLP(MLPConfig(in_features=64, hidden=(16,)))},
+        data,
+        lrs=(0.1,),
+        seeds=(1,),
+        fit_kwargs=dict(epochs=2, optimizer="sgd"),
+        progress=False,
+    )
+    first = runs[(runs.config == "plain") & (runs.lr == 0.1) & (runs.seed == 1)].test_loss.item()
+    assert again.test_loss.item() == first  # seeded: the same run gives the same number
+    with pytest.raises(ValueError, match="must not set lr"):
+        learning_rate_sweep({"plain": lambda s: nn.Linear(64, 10)}, data, lrs=(0.1,), fit_kwargs={"lr": 1.0})
+
+
+def test_recipe_card_draws_every_row():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dropout_course.practice import RECIPE, recipe_card
+
+    fig = recipe_card()
+    texts = {cell.get_text().get_text() for cell in fig.axes[0].tables[0].get_celld().values()}
+    assert all(row[0] in texts for row in RECIPE)
+    with pytest.raises(ValueError, match="triples"):
+        recipe_card([("only two", "fields")])
