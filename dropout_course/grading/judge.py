@@ -269,7 +269,10 @@ def _preload() -> None:
     from .core import _load_exercise
 
     for exercise in EXERCISES:
-        _load_exercise(exercise)
+        try:
+            _load_exercise(exercise)
+        except Exception:  # noqa: BLE001 - a broken grader costs its own submissions (reported there)
+            traceback.print_exc()
     try:
         from IPython.core.inputtransformer2 import TransformerManager  # noqa: F401
     except ImportError:
