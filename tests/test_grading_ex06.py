@@ -84,7 +84,7 @@ def ok_reference(model, x, T):
     return mc_predict(model, x, T, softmax=True)
 
 
-OK_MC = [ok_repeat, ok_interleave_transpose, ok_expand, ok_reference]
+OK_MC = [ok_repeat, ok_interleave_transpose, ok_expand]
 
 
 @pytest.mark.parametrize("fn", OK_MC, ids=[f.__name__ for f in OK_MC])
@@ -189,7 +189,47 @@ def no_reshape(model, x, T):
     return out
 
 
+@torch.no_grad()
+def restores_top_level_only(model, x, T):
+    was = model.training
+    _mc_mode(model)
+    out = model(x.repeat(T, 1)).reshape(T, len(x), -1).softmax(-1)
+    model.train(was)  # every module gets the top-level flag: a module in another mode is not restored
+    return out
+
+
+def with_gradients(model, x, T):
+    modes = _mc_mode(model)
+    try:
+        out = model(x.repeat(T, 1))
+    finally:
+        _restore(modes)
+    return torch.softmax(out.reshape(T, len(x), -1), dim=-1)
+
+
+def uses_course_mode(model, x, T):
+    from dropout_course.uncertainty import mc_dropout_mode
+
+    with torch.no_grad(), mc_dropout_mode(model):
+        out = model(x.repeat(T, 1))
+    return torch.softmax(out.reshape(T, len(x), -1), dim=-1)
+
+
+@torch.no_grad()
+def all_train(model, x, T):  # dropout on by putting the whole model in train mode: BatchNorm too
+    modes = {m: m.training for m in model.modules()}
+    model.train()
+    out = model(x.repeat(T, 1)).reshape(T, len(x), -1).softmax(-1)
+    _restore(modes)
+    return out
+
+
 WRONG_MC = {
+    ok_reference: ["not credited: calls", "dropout_course.uncertainty.mc_predict:"],
+    uses_course_mode: ["not credited: calls dropout_course.uncertainty.mc_dropout_mode"],
+    restores_top_level_only: ["before the call the modules were in different modes", "save EVERY module's"],
+    with_gradients: ["the samples carry gradients", "torch.no_grad"],
+    all_train: ["BatchNorm ran in train mode"],
     no_dropout: ["all T samples are identical: dropout is not active"],
     one_pass_copied: ["all T samples are identical"],
     batchnorm_train: ["BatchNorm ran in train mode", "PASS dropout is on"],
@@ -206,7 +246,9 @@ WRONG_MC = {
 
 
 @pytest.mark.parametrize("fn", list(WRONG_MC), ids=[f.__name__ for f in WRONG_MC])
-def test_wrong_mc_predict_is_diagnosed(grader, fn):
+def test_wrong_mc_predict_is_diagnosed_and_loses_hidden_points(grader, fn):
+    hidden = grader.check("mc_predict_hidden", fn)
+    assert hidden.score < hidden.max_score, "\n".join(hidden.messages)
     _fails_with(grader.check("mc_predict", fn), *WRONG_MC[fn])
 
 
@@ -248,7 +290,11 @@ def ok_ece_reference(probs, labels, n_bins=10):
     return expected_calibration_error(probs, labels, n_bins)
 
 
-OK_ECE = [ok_ece_loop, ok_ece_numpy_floor, ok_ece_reference]
+def ece_numpy_float(probs, labels, n_bins=10):  # np.float64 is a float
+    return np.float64(ok_ece_loop(probs, labels, n_bins))
+
+
+OK_ECE = [ok_ece_loop, ok_ece_numpy_floor, ece_numpy_float]
 
 
 @pytest.mark.parametrize("fn", OK_ECE, ids=[f.__name__ for f in OK_ECE])
@@ -311,7 +357,7 @@ def drops_confidence_one(probs, labels, n_bins=10):
 
 
 def fixed_ten_bins(probs, labels, n_bins=10):
-    return expected_calibration_error(probs, labels, 10)
+    return ok_ece_loop(probs, labels, 10)
 
 
 def nan_for_empty_bins(probs, labels, n_bins=10):
@@ -329,7 +375,13 @@ def returns_per_bin(probs, labels, n_bins=10):
     return torch.tensor([float(abs(a - c)) for _, a, c in _binned(probs, labels, n_bins)])
 
 
+def ece_tensor(probs, labels, n_bins=10):
+    return torch.tensor(ok_ece_loop(probs, labels, n_bins))
+
+
 WRONG_ECE = {
+    ok_ece_reference: ["not credited: calls dropout_course.uncertainty.expected_calibration_error"],
+    ece_tensor: ["returns a Tensor", "Python float"],
     no_abs: ["summed with their sign"],
     unweighted: ["every non-empty bin counts the same"],
     over_all_bins: ["averaged over all n_bins bins"],

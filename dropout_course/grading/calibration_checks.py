@@ -101,6 +101,12 @@ def _ece_number(ctx):
     value = _ece_call(ctx, probs, labels, 10)
     if not 0.0 <= value <= 1.0:
         raise Fail(f"the ECE must lie in [0, 1], got {value:.4g}")
+    raw = ctx.call(ctx.candidate, probs.clone(), labels.clone(), 10, copy_args=False)
+    if not isinstance(raw, float):
+        raise Fail(
+            f"returns a {type(raw).__name__}, not a Python float as the task states: return `float(ece)` "
+            "(or `ece.item()` for a one-element tensor)"
+        )
 
 
 def _diagnose(value: float, probs, labels, n_bins: int) -> None:
@@ -157,7 +163,7 @@ def _ece_edges(ctx):
 def ece_properties() -> list[Property]:
     """The properties of the ``expected_calibration_error`` check (6 points)."""
     return [
-        Property("returns one number in [0, 1]", 1, _ece_number),
+        Property("returns one Python float in [0, 1]", 1, _ece_number),
         Property("equal-width bins, |acc - conf| weighted by |B|/N", 3, _ece_matches),
         Property("uses n_bins", 1, _ece_n_bins),
         Property("confidence 1.0 and empty bins", 1, _ece_edges),

@@ -93,8 +93,11 @@ def _resolve(spec: str):
 def _functions_of(obj) -> Iterable[tuple[types.FunctionType, str]]:
     """(function, dotted name of where it is defined) for a function, or every method of a class and its
     bases from this package."""
+    if callable(obj) and not isinstance(obj, type):
+        obj = inspect.unwrap(obj)  # decorators (contextmanager, torch.no_grad) share their wrapper's code
     if isinstance(obj, types.FunctionType):
-        yield obj, f"{obj.__module__}.{obj.__qualname__}"
+        if (obj.__module__ or "").startswith("dropout_course"):
+            yield obj, f"{obj.__module__}.{obj.__qualname__}"
     elif isinstance(obj, type):
         for klass in obj.__mro__:
             if not (klass.__module__ or "").startswith("dropout_course"):
@@ -103,7 +106,11 @@ def _functions_of(obj) -> Iterable[tuple[types.FunctionType, str]]:
                 value = getattr(value, "__func__", value)
                 if isinstance(value, property):
                     value = value.fget
-                if isinstance(value, types.FunctionType):
+                if callable(value):
+                    value = inspect.unwrap(value)
+                if isinstance(value, types.FunctionType) and (value.__module__ or "").startswith(
+                    "dropout_course"
+                ):
                     yield value, f"{klass.__module__}.{klass.__qualname__}"
 
 
@@ -151,6 +158,16 @@ def _sdpa_drops(args: tuple, kwargs: dict) -> bool:
         return True
 
 
+_LIBRARY_DIRS = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
+
+
+def _learner_frame(frame) -> bool:
+    """Whether ``frame`` runs code outside the installed libraries (imports exec module code, numpy
+    compiles docstrings: those are not the learner's)."""
+    filename = frame.f_code.co_filename
+    return not (filename.startswith("<frozen") or filename.startswith(_LIBRARY_DIRS))
+
+
 class Trace:
     """Record, while learner code runs, calls to torch's dropout and to the course's reference code."""
 
@@ -191,7 +208,7 @@ class Trace:
                 label = codes.get(frame.f_code)
                 if label is not None:
                     findings.append(label)
-            elif event == "c_call" and id(arg) in dynamic:
+            elif event == "c_call" and id(arg) in dynamic and _learner_frame(frame):
                 findings.append(f"{dynamic[id(arg)]}() (code built at run time)")
             if previous is not None:
                 previous(frame, event, arg)

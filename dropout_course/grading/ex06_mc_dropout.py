@@ -22,13 +22,23 @@ from torch import nn
 from ..layers import Dropout
 from ..uncertainty import mc_predict as reference_mc_predict
 from .calibration_checks import ece_properties
-from .core import CheckSpec, Fail, Property, register
+from .core import CheckSpec, Fail, Originality, Property, register
 
 EXERCISE = "ex06_mc_dropout"
 Z_MAX = 5.5  # largest allowed |z| of a per-example, per-class mean over the T samples
 
 
 # --------------------------------------------------------------------------- mc_predict
+
+_MC_ORIGINALITY = Originality(
+    "write MC-dropout prediction yourself",
+    (
+        "dropout_course.uncertainty:mc_predict",
+        "dropout_course.uncertainty:mc_predict_loop",
+        "dropout_course.uncertainty:mc_dropout_mode",
+    ),
+    torch_dropout=False,
+)
 
 
 def _model(kind: str = "course"):
@@ -64,10 +74,23 @@ class _ForwardCounter:
         self.handle = model[-1].register_forward_pre_hook(lambda m, args: self.sizes.append(len(args[0])))
 
 
-def _run(ctx, kind: str = "course", T: int = 50, mode: bool = False):
+def _set_modes(model: nn.Sequential, mode) -> None:
+    """``mode``: True/False for the whole model, or "dropout-on" (eval, dropout in train: MC mode already
+    on) / "batchnorm-eval" (train, BatchNorm in eval: a frozen-statistics fine-tuning setup)."""
+    if mode == "dropout-on":
+        model.eval()
+        model[3].train()
+    elif mode == "batchnorm-eval":
+        model.train()
+        model[1].eval()
+    else:
+        model.train(mode)
+
+
+def _run(ctx, kind: str = "course", T: int = 50, mode=False):
     def compute():
         model, x = _model(kind)
-        model.train(mode)
+        _set_modes(model, mode)
         bn_before = model[1].running_mean.clone()
         counter = _ForwardCounter(model)
         out = ctx.call(ctx.candidate, model, x.clone(), T, copy_args=False)
@@ -160,19 +183,48 @@ def _distribution(ctx, kind: str = "course"):
 
 
 def _restores(ctx, kind: str = "course"):
-    for mode in (False, True):
+    for mode in (False, True, "dropout-on", "batchnorm-eval"):
         model, _, out, _, _ = _run(ctx, kind, 50, mode)
-        wrong = [type(m).__name__ for m in model.modules() if m.training != mode]
-        if wrong:
-            raise Fail(
-                f"the model was in {'train' if mode else 'eval'} mode before the call, but afterwards "
-                f"{', '.join(sorted(set(wrong)))} {'is' if len(set(wrong)) == 1 else 'are'} in "
-                f"{'eval' if mode else 'train'} mode: save every module's mode and restore it at the end"
+        expected, _ = _model(kind)
+        _set_modes(expected, mode)
+        wrong = [
+            (type(m).__name__, m.training)
+            for m, e in zip(model.modules(), expected.modules(), strict=True)
+            if m.training != e.training
+        ]
+        if not wrong:
+            continue
+        names = sorted({n for n, _ in wrong})
+        now = "train" if wrong[0][1] else "eval"
+        if isinstance(mode, bool):
+            before = f"the model was in {'train' if mode else 'eval'} mode before the call"
+        else:
+            before = (
+                "before the call the modules were in different modes (the model in eval mode, its dropout in "
+                "train mode)"
+                if mode == "dropout-on"
+                else "before the call the modules were in different modes (the model in train mode, its "
+                "BatchNorm in eval mode)"
             )
+        raise Fail(
+            f"{before}, but afterwards {', '.join(names)} {'is' if len(names) == 1 else 'are'} in {now} mode: "
+            "save EVERY module's own mode (`{m: m.training for m in model.modules()}`) and restore each one "
+            "at the end; `model.train(was_training)` sets all modules alike"
+        )
 
 
-def _vectorised(ctx):
-    _, x, _, _, sizes = _run(ctx, "course", 50)
+def _no_grad(ctx, kind: str = "course"):
+    model, x, out, _, _ = _run(ctx, kind, 50)
+    _shape(ctx, kind)
+    if out.requires_grad or out.grad_fn is not None:
+        raise Fail(
+            "the samples carry gradients (the output has a grad_fn): predictions need none; wrap the forward "
+            "pass in `with torch.no_grad():` (it also saves the memory of T copies of the activations)"
+        )
+
+
+def _vectorised(ctx, kind: str = "course"):
+    _, x, _, _, sizes = _run(ctx, kind, 50)
     if len(sizes) >= 50:
         raise Fail(
             f"the model ran {len(sizes)} times on batches of {sizes[0]} rows: a Python loop over T. Repeat the "
@@ -195,7 +247,9 @@ register(
             ),
             Property("restores the train/eval mode of every module", 1, _restores),
             Property("one batched forward pass (no Python loop over T)", 1, _vectorised),
+            Property("computed without gradients (torch.no_grad)", 1, _no_grad),
         ],
+        originality=_MC_ORIGINALITY,
     ),
 )
 register(
@@ -205,11 +259,29 @@ register(
         [
             Property("shape (T, N, C), torch nn.Dropout network", 1, lambda c: _shape(c, "torch")),
             Property("probabilities", 1, lambda c: _probabilities(c, "torch")),
+            Property("dropout is on: the T samples differ", 1, lambda c: _dropout_on(c, "torch")),
             Property("MC dropout's mean, BatchNorm in eval mode", 2, lambda c: _distribution(c, "torch")),
             Property("modes restored", 1, lambda c: _restores(c, "torch")),
+            Property("one batched forward pass", 1, lambda c: _vectorised(c, "torch")),
+            Property("no gradients", 1, lambda c: _no_grad(c, "torch")),
         ],
         hidden=True,
+        originality=_MC_ORIGINALITY,
     ),
 )
 
-register(EXERCISE, CheckSpec("expected_calibration_error", ece_properties()))
+register(
+    EXERCISE,
+    CheckSpec(
+        "expected_calibration_error",
+        ece_properties(),
+        originality=Originality(
+            "compute the ECE yourself",
+            (
+                "dropout_course.uncertainty:expected_calibration_error",
+                "dropout_course.uncertainty:reliability_diagram",
+            ),
+            torch_dropout=False,
+        ),
+    ),
+)
