@@ -148,11 +148,10 @@ def judge_notebook(
     graded, more = plan.build_graded_notebook(nb, known[exercise])
     notes += more
     steps = plan.steps(graded, known[exercise])
-    learner_source = "\n\n".join(s.code for s in steps if s.learner)
     session = Session(steps, cell_timeout)
     not_run: list[str] = []
     try:
-        _run_checks(session, steps, exercise, learner_source, row, not_run, on_check, call_timeout)
+        _run_checks(session, steps, exercise, row, not_run, on_check, call_timeout)
     finally:
         session.close()
     for index, why in session.bad.items():
@@ -176,7 +175,7 @@ def judge_notebook(
     return row
 
 
-def _run_checks(session, steps, exercise, learner_source, row, not_run, on_check, call_timeout) -> None:
+def _run_checks(session, steps, exercise, row, not_run, on_check, call_timeout) -> None:
     from .core import Grader
 
     grader = Grader(exercise) if call_timeout is None else Grader(exercise, time_limit=call_timeout)
@@ -220,7 +219,9 @@ def _run_checks(session, steps, exercise, learner_source, row, not_run, on_check
                 def seed_rng(seed, client=client):
                     client.request("seed", int(seed))
 
-                result = grader.check(call.name, candidate, source=learner_source, seed_rng=seed_rng, **extra)
+                names = {call.candidate, *call.extra.values()}
+                source = plan.learner_source(steps, names)
+                result = grader.check(call.name, candidate, source=source, seed_rng=seed_rng, **extra)
                 client.check = None
                 score = float(result.score)
             row["scores"][call.name] = score

@@ -187,6 +187,30 @@ def check_calls(code: str) -> list[CheckCall]:
     return [call for _, call in sorted(calls, key=lambda item: item[0])]
 
 
+def defined_names(code: str) -> set[str]:
+    """Names a cell binds at top level (functions, classes, assignments, imports)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    return names
+
+
+def learner_source(steps_: list[Step], names: set[str]) -> str:
+    """The learner's cells that define any of ``names`` (what the checks' static scan reads)."""
+    return "\n\n".join(s.code for s in steps_ if s.learner and names & defined_names(s.code))
+
+
 def steps(graded, source) -> list[Step]:
     """The graded notebook's code cells as steps (grade cells of the source carry their checks)."""
     source_locked = {

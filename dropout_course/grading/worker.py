@@ -20,7 +20,7 @@ import numpy as np
 
 from . import wire
 
-TRUSTED_PREFIXES = ("dropout_course.", "torch.", "torch", "numpy", "math", "builtins")
+TRUSTED_PREFIXES = ("dropout_course.", "torch.nn.")  # the judge refuses any other (see proxy.py)
 MAX_DEPTH = 12
 
 
@@ -40,7 +40,9 @@ def _trusted_name(obj) -> tuple[str, str] | None:
 
     module = getattr(obj, "__module__", None) or ""
     qualname = getattr(obj, "__qualname__", None) or ""
-    if not module.startswith(TRUSTED_PREFIXES) or "<" in qualname or not qualname:
+    if not module.startswith(TRUSTED_PREFIXES) or module.startswith("dropout_course.grading"):
+        return None
+    if "<" in qualname or not qualname:
         return None
     try:
         target = importlib.import_module(module)
@@ -440,7 +442,7 @@ def trusted_tree(module, depth: int = 0) -> dict | None:
         _MODULE_INTERNALS.update(vars(nn.Module()))
     cls = type(module)
     name = _trusted_name(cls)
-    if depth > MAX_DEPTH or not name or not name[0].startswith(("torch.nn.", "dropout_course.")):
+    if depth > MAX_DEPTH or not name:
         return None
     attrs = {}
     for key, value in vars(module).items():
