@@ -128,30 +128,41 @@ def _stdout(cell) -> str:
     return "".join(parts)
 
 
-def claims_from_notebook(nb, name: str = "") -> list[Claim]:
-    """The claims an EXECUTED notebook printed (its code cells' stdout), in cell order.
-
-    ``nb`` is a notebook node / dict or a path to an ``.ipynb``. Ids must be unique within a notebook.
-    """
+def _lines_from_notebook(nb, name: str, parse, what: str) -> list:
+    """``parse(stdout, name)`` over every code cell of an EXECUTED notebook; ids must be unique."""
     if isinstance(nb, (str, Path)):
         import nbformat
 
         name = name or Path(nb).name
         nb = nbformat.read(str(nb), as_version=4)
-    claims = []
+    found = []
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code":
-            claims += parse_claims(_stdout(cell), name)
-    seen: set[str] = set()
-    for claim in claims:
-        if claim.id in seen:
-            raise ValueError(f"claim id {claim.id!r} appears twice in {name or 'the notebook'}")
-        seen.add(claim.id)
-    return claims
+            found += parse(_stdout(cell), name)
+    ids = [entry.id for entry in found]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"{what} id {duplicates[0]!r} appears twice in {name or 'the notebook'}")
+    return found
+
+
+def claims_from_notebook(nb, name: str = "") -> list[Claim]:
+    """The claims an EXECUTED notebook printed (its code cells' stdout), in cell order.
+
+    ``nb`` is a notebook node / dict or a path to an ``.ipynb``. Ids must be unique within a notebook.
+    """
+    return _lines_from_notebook(nb, name, parse_claims, "claim")
 
 
 def _cell(text: str) -> str:
     return text.replace("|", r"\|").replace("\n", " ")
+
+
+def _link(notebook: str, titles: dict[str, str], folder: str) -> str:
+    """A Markdown link to ``folder/notebook`` titled ``titles[notebook]`` (empty without a notebook)."""
+    if not notebook:
+        return ""
+    return f"[{_cell(titles.get(notebook, notebook.removesuffix('.ipynb')))}]({folder}/{notebook})"
 
 
 def render_table(
@@ -161,9 +172,7 @@ def render_table(
     titles = titles or {}
     rows = ["| Notebook | Claim | Measured |", "|---|---|---|"]
     for c in claims:
-        title = titles.get(c.notebook, c.notebook.removesuffix(".ipynb"))
-        link = f"[{_cell(title)}]({folder}/{c.notebook})" if c.notebook else ""
-        rows.append(f"| {link} | {_cell(c.claim)} | {_cell(c.measured)} |")
+        rows.append(f"| {_link(c.notebook, titles, folder)} | {_cell(c.claim)} | {_cell(c.measured)} |")
     return "\n".join(rows)
 
 
@@ -280,20 +289,7 @@ def parse_published(text: str, notebook: str = "") -> list[PublishedResult]:
 
 def published_from_notebook(nb, name: str = "") -> list[PublishedResult]:
     """The published results an EXECUTED notebook printed (code cells' stdout), in cell order."""
-    if isinstance(nb, (str, Path)):
-        import nbformat
-
-        name = name or Path(nb).name
-        nb = nbformat.read(str(nb), as_version=4)
-    found = []
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "code":
-            found += parse_published(_stdout(cell), name)
-    ids = [r.id for r in found]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"published-result ids {duplicates} appear twice in {name or 'the notebook'}")
-    return found
+    return _lines_from_notebook(nb, name, parse_published, "published-result")
 
 
 def render_published_table(
@@ -303,7 +299,6 @@ def render_published_table(
     titles = titles or {}
     rows = ["| Paper | Published result | Here | Measured | Notebook |", "|---|---|---|---|---|"]
     for r in results:
-        title = titles.get(r.notebook, r.notebook.removesuffix(".ipynb"))
-        link = f"[{_cell(title)}]({folder}/{r.notebook})" if r.notebook else ""
+        link = _link(r.notebook, titles, folder)
         rows.append(f"| {_cell(r.source)} | {_cell(r.result)} | {r.status} | {_cell(r.measured)} | {link} |")
     return "\n".join(rows)
