@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import failed_diagnoses as failed
 
 from dropout_course.grading import Grader
 
@@ -14,11 +15,6 @@ from dropout_course.grading import Grader
 @pytest.fixture(scope="module")
 def grader():
     return Grader("ex08_dropout_theory", time_limit=5)
-
-
-def failed(result) -> dict[str, str]:
-    """Failing property name -> its diagnosis."""
-    return {p.name: p.diagnosis for p in result.properties if not p.passed}
 
 
 # --------------------------------------------------------------------------- task 1: the ensemble

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import failed_diagnoses as failed
 from torch import nn
 
 from dropout_course.grading import Grader
@@ -13,10 +14,6 @@ from dropout_course.grading import Grader
 @pytest.fixture(scope="module")
 def grader():
     return Grader("ex09_debug_dropout", time_limit=5)
-
-
-def failed(result) -> dict[str, str]:
-    return {p.name: p.diagnosis for p in result.properties if not p.passed}
 
 
 # --------------------------------------------------------------------------- evaluate
