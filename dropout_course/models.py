@@ -4,7 +4,8 @@
 * :class:`ConvNet`         dropout on conv feature maps (element-wise or spatial) and before the classifier.
 * :class:`CharRNN`         an LSTM (or tanh RNN) classifier with embedding, input, recurrent, between-layer
                            and output dropout, and weight drop on the hidden-to-hidden matrix (AWD-LSTM).
-* :class:`TinyTransformer` embedding, attention, residual and DropPath dropout (Vaswani et al. 2017).
+* :class:`TinyTransformer` embedding and residual dropout (Vaswani et al. 2017), attention dropout and
+                           per-sample drop path (later additions).
 * :class:`QNetwork`        an MLP Q-function with dropout and optional layer norm (DroQ).
 
 All dropout probabilities ``p`` are drop probabilities; 0 disables a site.
@@ -336,7 +337,7 @@ class TransformerConfig:
     embedding_dropout: float = 0.0  # on token + position embeddings
     attention_dropout: float = 0.0  # on the attention weights (after softmax)
     residual_dropout: float = 0.0  # on each sub-layer's output, before it is added to the residual
-    drop_path: float = 0.0  # stochastic depth: whole residual branches per sample (max rate, last block)
+    drop_path: float = 0.0  # per-sample drop path on each residual branch (rate of the last block)
 
 
 class SelfAttention(nn.Module):
@@ -387,8 +388,11 @@ class Block(nn.Module):
 class TinyTransformer(nn.Module):
     """A small Transformer encoder classifier (mean-pooled over real tokens) with named dropout sites.
 
-    ``drop_path`` grows linearly with depth (Huang et al. 2016): block ``l`` of ``L`` uses
-    ``drop_path * (l + 1) / L``.
+    ``drop_path`` is per-sample drop path (:class:`~dropout_course.layers.DropPath`: one decision per
+    example, inverted scaling; the vision-Transformer variant of stochastic depth, which saves no compute).
+    Its rate grows linearly with depth, as in Huang et al.'s linear decay rule: block ``l`` of ``L`` uses
+    ``drop_path * (l + 1) / L``. For Huang et al.'s original, batch-level stochastic depth see
+    :class:`~dropout_course.layers.StochasticDepth`.
 
     Shape: input (N, T) int64 tokens right-padded with 0, T <= max_len; output logits (N, n_classes).
     """
