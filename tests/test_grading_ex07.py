@@ -73,13 +73,13 @@ def ok_thompson_reference(q_net, obs):
     return rl.thompson_action(q_net, obs)
 
 
-@pytest.mark.parametrize("fn", [ok_greedy, ok_greedy_item, rl.greedy_action])
+@pytest.mark.parametrize("fn", [ok_greedy, ok_greedy_item])
 def test_correct_greedy_gets_full_marks(grader, fn):
     result = grader.check("greedy_action", fn)
     assert result.passed and result.score == result.max_score, "\n".join(result.messages)
 
 
-@pytest.mark.parametrize("fn", [ok_thompson, ok_thompson_numpy, ok_thompson_reference])
+@pytest.mark.parametrize("fn", [ok_thompson, ok_thompson_numpy])
 def test_correct_thompson_gets_full_marks(grader, fn):
     for name in ("thompson_action", "thompson_action_hidden"):
         result = grader.check(name, fn)
@@ -108,7 +108,20 @@ def greedy_leaves_eval(q_net, obs):
         return int(q_net(torch.as_tensor(obs)[None]).argmax())
 
 
+def greedy_numpy_int(q_net, obs):
+    return np.argmax(_q(q_net, obs, False).numpy())  # a numpy int64, not a Python int
+
+
+def greedy_course(q_net, obs):
+    from dropout_course.rl.actions import greedy_action
+
+    return greedy_action(q_net, obs)
+
+
 WRONG_GREEDY = {
+    rl.greedy_action: ["not credited: calls dropout_course.rl.actions.greedy_action"],
+    greedy_course: ["not credited: calls dropout_course.rl.actions.greedy_action"],
+    greedy_numpy_int: ["returns a numpy int64, not a Python int"],
     greedy_argmin: ["LOWEST Q-value (argmin)"],
     greedy_dropout_on: ["different actions: dropout is still on"],
     greedy_tensor: ["returns a torch.Tensor", "`int(q.argmax())`"],
@@ -173,7 +186,17 @@ def dropout_on_q_values(q_net, obs):
     return int(torch.nn.functional.dropout(_q(q_net, obs, False), 0.5).argmax())
 
 
+def thompson_cached_mask(q_net, obs):  # one mask drawn at the first call, kept on the network
+    if not hasattr(q_net, "_mask_seed"):
+        q_net._mask_seed = int(torch.randint(0, 2**31, (1,)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(q_net._mask_seed)
+        return int(_q(q_net, obs, True).argmax())
+
+
 WRONG_THOMPSON = {
+    ok_thompson_reference: ["not credited: calls dropout_course.rl.actions.thompson_action"],
+    thompson_cached_mask: ["every call uses the same mask"],
     dropout_off: ["(the greedy one)", "dropout is off"],
     thompson_argmin: ["LOWEST sampled Q-value (argmin)", "PASS samples"],
     thompson_tensor: ["returns a torch.Tensor"],
@@ -188,6 +211,8 @@ WRONG_THOMPSON = {
 @pytest.mark.parametrize("fn", list(WRONG_THOMPSON), ids=[f.__name__ for f in WRONG_THOMPSON])
 def test_wrong_thompson_is_diagnosed(grader, fn):
     _fails_with(grader.check("thompson_action", fn), *WRONG_THOMPSON[fn])
+    hidden = grader.check("thompson_action_hidden", fn)
+    assert hidden.score < hidden.max_score, "\n".join(hidden.messages)
 
 
 def test_hidden_check_catches_averaging_on_the_torch_network(grader):

@@ -15,9 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import CheckSpec, Fail, Property, register
+from .core import CheckSpec, Fail, Originality, Property, register
 
 EXERCISE = "ex07_thompson_sampling"
+_ORIGINALITY = Originality(
+    "choose the actions yourself",
+    tuple(
+        f"dropout_course.rl{module}:{name}"
+        for module in ("", ".actions")
+        for name in ("greedy_action", "thompson_action", "epsilon_greedy_action")
+    ),
+    torch_dropout=False,
+)
 N_CALLS = 400  # decisions sampled from the learner's thompson_action
 SIGMAS = 4.5  # per-action tolerance in binomial standard deviations
 
@@ -65,7 +74,12 @@ def _as_action(a, fn_name: str, n_actions: int) -> int:
         raise Fail(f"`{fn_name}` returns None: did you forget the `return` statement?")
     if isinstance(a, np.ndarray):
         raise Fail(f"`{fn_name}` returns a numpy array of shape {a.shape}; return one Python int")
-    if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+    if isinstance(a, np.integer):
+        raise Fail(
+            f"`{fn_name}` returns a numpy {type(a).__name__}, not a Python int as the task states: wrap it, "
+            "`int(...)`"
+        )
+    if isinstance(a, bool) or not isinstance(a, int):
         raise Fail(f"`{fn_name}` returns a {type(a).__name__}, expected an int (the index of the action)")
     if not 0 <= int(a) < n_actions:
         raise Fail(f"`{fn_name}` returned {a}, not an action index in 0..{n_actions - 1}")
@@ -77,6 +91,7 @@ def _modes(net: nn.Module) -> list[bool]:
 
 
 def _restores_mode(ctx, kind: str = "course"):
+    """The network's own mode (the task: ``q_net.train(was)``) is back after the call, in both modes."""
     net, obs = _qnet(kind)
     name = getattr(ctx.candidate, "__name__", "the function")
     for mode in (False, True):
@@ -94,7 +109,8 @@ def _restores_mode(ctx, kind: str = "course"):
 def _returns_int(ctx, kind: str = "course"):
     net, obs = _qnet(kind)
     n_actions = 3 if kind == "course" else 4
-    _as_action(ctx.call(ctx.candidate, net, obs.copy(), copy_args=False), ctx.candidate.__name__, n_actions)
+    name = getattr(ctx.candidate, "__name__", "the function")
+    _as_action(ctx.call(ctx.candidate, net, obs.copy(), copy_args=False), name, n_actions)
 
 
 # --------------------------------------------------------------------------- greedy_action
@@ -145,6 +161,7 @@ register(
             Property("is the argmax of the Q-values with dropout off", 2, _greedy_is_argmax),
             Property("restores the network's train/eval mode", 1, _restores_mode),
         ],
+        originality=_ORIGINALITY,
     ),
 )
 
@@ -236,6 +253,7 @@ register(
             ),
             Property("restores the network's train/eval mode", 1, _restores_mode),
         ],
+        originality=_ORIGINALITY,
     ),
 )
 
@@ -248,6 +266,9 @@ register(
                 "returns a Python int (torch nn.Dropout network)", 1, lambda c: _returns_int(c, "torch")
             ),
             Property(
+                "samples: a fresh dropout mask on every call", 1, lambda c: _thompson_varies(c, "torch")
+            ),
+            Property(
                 "frequencies of one mask per decision (4 actions)",
                 2,
                 lambda c: _thompson_distribution(c, "torch"),
@@ -255,5 +276,6 @@ register(
             Property("restores the network's train/eval mode", 1, lambda c: _restores_mode(c, "torch")),
         ],
         hidden=True,
+        originality=_ORIGINALITY,
     ),
 )
