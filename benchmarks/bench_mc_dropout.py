@@ -1,10 +1,15 @@
-"""Benchmark: vectorised MC dropout (one batched pass) against the naive loop of T passes, at T=50.
+"""Benchmark: batched MC dropout (``mc_predict``) against the naive loop of T passes, at T=50.
 
-Run: ``python benchmarks/bench_mc_dropout.py``. Prints the median wall time of each and the speed ratio
-for the course's MC-dropout workloads: the 1-D regression grid of notebook 07 and an MNIST MLP on one
-image, a small batch and the 500-image test set. A script, not a test: timings depend on the machine and
-its load. The batched pass saves the per-call overhead of T forward passes, so the gain is largest for
-small inputs (one image, a 16-image batch) and shrinks when one pass is already a large matrix product.
+Run: ``python benchmarks/bench_mc_dropout.py [--threads 1]``. Prints the median wall time of each and the
+speed ratio for the course's MC-dropout workloads: the 1-D regression grids of notebook 07 and an MNIST
+MLP on one image, a small batch and a 1,500-image test set. A script, not a test: timings depend on the
+machine and its load (on a machine shared with other jobs, run it with ``--threads 1``).
+
+The batched pass saves the per-call overhead of T forward passes, so the gain is largest for small inputs
+(one image, a 16-image batch). One huge (T*N, ...) batch loses to the loop once its activations overflow
+the CPU's caches, so ``mc_predict`` runs the repeated batch in chunks of about ``CHUNK_ELEMENTS`` numbers,
+which for a large input is one pass per sample, i.e. the loop itself: the ratio should never fall
+clearly below 1.0x (timing noise aside).
 """
 
 from __future__ import annotations
@@ -56,12 +61,17 @@ def main() -> None:
         ),
         "MNIST MLP 784-128-128-10, one image": (mnist, torch.rand(1, 784), args.repeats),
         "MNIST MLP 784-128-128-10, 16 images": (mnist, torch.rand(16, 784), args.repeats),
-        "MNIST MLP 784-128-128-10, 500 images": (mnist, torch.rand(500, 784), 5),
+        "1-D regression MLP, grid of 2,000 points": (
+            regression,
+            torch.linspace(-6, 6, 2000)[:, None],
+            max(3, args.repeats // 4),
+        ),
+        "MNIST MLP 784-128-128-10, 1,500 images": (mnist, torch.rand(1500, 784), 5),
     }
     ratios = {name: bench(name, model, x, args.T, repeats) for name, (model, x, repeats) in cases.items()}
-    print(f"\nspeed ratio vectorised vs naive loop at T={args.T} (target >= 5x):")
+    print(f"\nspeed ratio batched vs naive loop at T={args.T} (never below 1x; >= 5x for small inputs):")
     for name, ratio in ratios.items():
-        print(f"  {name:<40} {ratio:5.1f}x  {'meets' if ratio >= 5 else 'below'} the target")
+        print(f"  {name:<42} {ratio:5.1f}x")
 
 
 if __name__ == "__main__":
