@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: lab test check lint doctor clean-venv
+.PHONY: lab test check lint doctor clean-venv book
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,24 @@ check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest --doctest-modules dropout_course -q
+
+## Build the course website into build/book/html: every notebook executed (once per content: the jupyter-cache in
+## build/.jupyter_cache is reused), the learner copies of the exercises, the claims tables. Warnings are errors.
+## The README's claims tables are then refreshed from the same executed notebooks (and the site rebuilt if they
+## changed), so the tables and the site cannot disagree. Needs the `book` extra, installed here on first use.
+BOOK_STAMP  = $(VENV)/.installed-book
+BOOK_BUILD  = $(BIN)/sphinx-build -b html -W --keep-going -c book . build/book/html
+BOOK_CLAIMS = $(BIN)/python scripts/claims_table.py --cache build/.jupyter_cache
+
+$(BOOK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[book]'
+	@touch $(BOOK_STAMP)
+
+book: $(BOOK_STAMP)
+	$(BOOK_BUILD)
+	@$(BOOK_CLAIMS) --check 2>/dev/null || { $(BOOK_CLAIMS) && $(BOOK_BUILD) && \
+		echo "README.md: claims tables refreshed from the executed notebooks; commit README.md"; }
+	@echo "The course website: build/book/html/index.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -13,6 +13,7 @@ Usage:
     python scripts/claims_table.py notebooks/02_*.ipynb  # only some notebooks (others' rows are dropped)
     python scripts/claims_table.py --executed out/       # read executed copies out/NN_*.ipynb, no kernel
     python scripts/claims_table.py --save-executed out/  # also keep the executed copies
+    python scripts/claims_table.py --cache build/.jupyter_cache  # the copies `make book` executed, no kernel
     python scripts/claims_table.py --check               # exit 1 if README.md is not up to date
     python scripts/claims_table.py --print               # print the section, touch nothing
 """
@@ -65,11 +66,35 @@ def execute(path: Path, timeout: int, kernel: str):
     return nb
 
 
+def from_cache(cache_dir: Path, path: Path):
+    """The executed copy of ``path`` in the jupyter-cache ``cache_dir`` (the book's, see book/conf.py).
+
+    The cache is keyed on the notebook's code cells (and kernel), as myst-nb's ``cache`` mode matches it,
+    so a notebook changed since the last ``make book`` has no copy: LookupError says so.
+    """
+    import nbformat
+    from jupyter_cache import get_cache
+
+    if not (cache_dir / "global.db").is_file():
+        raise LookupError(f"no jupyter-cache in {cache_dir}: run `make book` first")
+    nb = nbformat.read(path, as_version=4)
+    try:
+        _, merged = get_cache(cache_dir).merge_match_into_notebook(nb)
+    except KeyError:
+        raise LookupError(
+            f"no executed copy of the current {path.name} in {cache_dir}: run `make book`"
+        ) from None
+    return merged
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/[0-9][0-9]_*.ipynb")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--executed", type=Path, help="folder of executed copies to read instead of running")
+    parser.add_argument(
+        "--cache", type=Path, help="jupyter-cache folder (the book's build/.jupyter_cache) to read instead"
+    )
     parser.add_argument("--save-executed", type=Path, help="folder to keep the executed copies in")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per cell (as CI's nbval)")
     parser.add_argument("--kernel", default="python3")
@@ -89,6 +114,8 @@ def main(argv=None) -> int:
         try:
             if args.executed:
                 nb = nbformat.read(args.executed / path.name, as_version=4)
+            elif args.cache:
+                nb = from_cache(args.cache, path)
             else:
                 nb = execute(path.resolve(), args.timeout, args.kernel)
                 if args.save_executed:
