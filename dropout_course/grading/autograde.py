@@ -150,6 +150,73 @@ def _error_row(path: str, reason: str) -> dict:
     }
 
 
+class _Run:
+    """One ``grade`` run: the submissions' bytes, the queue, the gradebook, the integrity checks."""
+
+    def __init__(
+        self, contents: dict, todo: list[str], book: Gradebook | None, options: dict, progress
+    ) -> None:
+        self.contents, self.queue, self.book = contents, list(todo), book
+        self.options, self.progress = options, progress
+        self.rows: dict[str, dict] = {}
+        self.lock = threading.Lock()
+        self.stopped = ""
+        self.done = 0
+        self.total = len(todo)
+        # as root the sandbox cannot write the package; otherwise a change on disk is caught here
+        self.digest = None if sandbox_uid() is not None else package_digest()
+
+    def integrity(self, row: dict) -> list[str]:
+        flags = [row["integrity"]] if row.get("integrity") else []
+        for other, data in self.contents.items():
+            try:
+                same = data is None or Path(other).read_bytes() == data
+            except OSError:
+                same = False
+            if not same:
+                _restore(Path(other), data)
+                flags.append(f"a submission file changed during grading ({Path(other).name}); restored")
+        if self.digest is not None and not self.stopped and package_digest() != self.digest:
+            self.stopped = (
+                "the course package or the exercise sources changed on disk during grading (this row's "
+                "submission is the suspect): restore them (git checkout) and rerun with --resume"
+            )
+            flags.append("the course package changed on disk while this was graded")
+            row["status"] = "error"
+        return flags
+
+    def record(self, path: str, row: dict) -> None:
+        with self.lock:
+            row["integrity"] = "; ".join(self.integrity(row))
+            self.rows[path] = row
+            if self.book is not None:
+                self.book.add(row)
+            self.done += 1
+            if self.progress is not None:
+                note = f" ({row['reason']})" if row.get("reason") else ""
+                flag = f" [integrity: {row['integrity']}]" if row.get("integrity") else ""
+                self.progress(
+                    f"[{self.done}/{self.total}] {path}: {_fmt(row.get('total'))}/{_fmt(row.get('max_total'))} "
+                    f"{row.get('status')}{note}{flag}"
+                )
+
+    def slot(self) -> None:
+        """One judge process grading queued submissions until none is left."""
+        judge = None
+        while True:
+            with self.lock:
+                if not self.queue or self.stopped:
+                    break
+                path = self.queue.pop(0)
+            if judge is None or judge.proc.poll() is not None:
+                judge = _Judge()
+            task = {"id": path, "path": path, "data": base64.b64encode(self.contents[path]).decode("ascii")}
+            task.update(self.options)
+            self.record(path, judge.run(task, hard_limit(self.options["timeout"])))
+        if judge is not None:
+            judge.stop()
+
+
 def grade(
     submissions: list[str | Path],
     out: str | Path | None = None,
@@ -170,95 +237,38 @@ def grade(
         problem = check_out_path(out)
         if problem:
             raise ValueError(problem)
-    book = Gradebook.resume(out) if (out is not None and resume) else Gradebook(out or "")
-    skip = book.done() if resume else set()
+    book = None if out is None else (Gradebook.resume(out) if resume else Gradebook(out))
+    skip = book.done() if (book is not None and resume) else set()
     paths = [str(s) for s in submissions]
     contents: dict[str, bytes | None] = {}
-    rows: dict[str, dict] = {}
+    unreadable: dict[str, dict] = {}
     for path in paths:  # every file is read before any learner code runs
         try:
             contents[path] = Path(path).read_bytes()
         except OSError as exc:
             contents[path] = None
-            rows[path] = _error_row(path, f"cannot read the file: {exc.strerror or exc}")
+            unreadable[path] = _error_row(path, f"cannot read the file: {exc.strerror or exc}")
     todo = [p for p in dict.fromkeys(paths) if p not in skip and contents.get(p) is not None]
-    # as root the sandbox cannot write the package; otherwise a change on disk is caught here
-    digest = None if sandbox_uid() is not None else package_digest()
-    lock = threading.Lock()
-    queue = list(todo)
-    stopped = {"why": ""}
-    total = len(todo)
-    counter = {"n": 0}
-
-    def record(path: str, row: dict) -> None:
-        with lock:
-            flags = [row["integrity"]] if row.get("integrity") else []
-            for other, data in contents.items():
-                if data is None:
-                    continue
-                try:
-                    same = Path(other).read_bytes() == data
-                except OSError:
-                    same = False
-                if not same:
-                    _restore(Path(other), data)
-                    flags.append(f"a submission file changed during grading ({Path(other).name}); restored")
-            if digest is not None and not stopped["why"] and package_digest() != digest:
-                stopped["why"] = (
-                    "the course package or the exercise sources changed on disk during grading (this row's "
-                    "submission is the suspect): restore them (git checkout) and rerun with --resume"
-                )
-                flags.append("the course package changed on disk while this was graded")
-                row["status"] = "error"
-            row["integrity"] = "; ".join(flags)
-            rows[path] = row
-            if out is not None:
-                book.add(row)
-            counter["n"] += 1
-            if progress is not None:
-                note = f" ({row['reason']})" if row.get("reason") else ""
-                flag = f" [integrity: {row['integrity']}]" if row.get("integrity") else ""
-                progress(
-                    f"[{counter['n']}/{total}] {path}: {_fmt(row.get('total'))}/{_fmt(row.get('max_total'))} "
-                    f"{row.get('status')}{note}{flag}"
-                )
-
-    def slot() -> None:
-        judge = None
-        while True:
-            with lock:
-                if not queue or stopped["why"]:
-                    break
-                path = queue.pop(0)
-            if judge is None or judge.proc.poll() is not None:
-                judge = _Judge()
-            task = {
-                "id": path,
-                "path": path,
-                "data": base64.b64encode(contents[path]).decode("ascii"),
-                "exercise": exercise,
-                "timeout": timeout,
-                "call_timeout": call_timeout,
-                "source": str(source_dir) if source_dir else None,
-            }
-            record(path, judge.run(task, hard_limit(timeout)))
-        if judge is not None:
-            judge.stop()
-
-    for row in rows.values():
-        if out is not None:
-            book.add(row)
+    options = {
+        "exercise": exercise,
+        "timeout": timeout,
+        "call_timeout": call_timeout,
+        "source": str(source_dir) if source_dir else None,
+    }
+    run = _Run(contents, todo, book, options, progress)
+    for path, row in unreadable.items():
+        run.record(path, row)
     threads = [
-        threading.Thread(target=slot, daemon=True) for _ in range(max(1, min(int(jobs), len(todo) or 1)))
+        threading.Thread(target=run.slot, daemon=True) for _ in range(max(1, min(int(jobs), len(todo))))
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    if stopped["why"]:
-        raise RuntimeError(stopped["why"])
-    previous = {r.get("submission"): r for r in book.rows}
-    return [rows.get(p) or previous.get(p) or _error_row(p, "not graded") for p in paths]
+    if run.stopped:
+        raise RuntimeError(run.stopped)
+    previous = {r.get("submission"): r for r in (book.rows if book is not None else [])}
+    return [run.rows.get(p) or previous.get(p) or _error_row(p, "not graded") for p in paths]
 
 
 def _restore(path: Path, data: bytes) -> None:

@@ -550,42 +550,42 @@ def _part_class(module: str, name: str) -> type:
     return _PART_CLASSES[key]
 
 
-def _sync_module(local: nn.Module, tree: dict, exports: dict) -> None:
-    local.training = bool(tree.get("training", True))
+def _sync_params(local: nn.Module, tree: dict, exports: dict) -> None:
+    """Parameters: the judge's own where they came from the judge, else kept objects updated in place."""
     grads = dict(tree.get("grads", {}))
     origins = dict(tree.get("origins", {}))
+    ids = dict(tree.get("param_ids", {}))
     for name, value in dict(tree.get("params", {})).items():
         current = local._parameters.get(name)
         origin = _origin_param(origins.get(name), exports)
-        if origin is not None and value is not None:
-            if current is not origin:
-                local._parameters[name] = origin
-            if origin.shape == value.shape and not torch.equal(origin.detach(), value.to(origin.dtype)):
-                with torch.no_grad():
-                    origin.copy_(value)
-        elif value is None:
+        if value is None:
             local._parameters[name] = None
-        elif (
-            isinstance(current, nn.Parameter)
-            and current.shape == value.shape
-            and current.dtype == value.dtype
-            and getattr(local, "_param_ids", {}).get(name) == tree["param_ids"].get(name)
-        ):
-            with torch.no_grad():
-                current.copy_(value)
+            continue
+        if origin is not None:
+            local._parameters[name] = current = origin
+        same_object = origin is not None or local.__dict__.get("_param_ids", {}).get(name) == ids.get(name)
+        if isinstance(current, nn.Parameter) and same_object and current.shape == value.shape:
+            if not torch.equal(current.detach(), value.to(current.dtype)):
+                with torch.no_grad():
+                    current.copy_(value)
         else:
             local._parameters[name] = nn.Parameter(value, requires_grad=bool(grads.get(name, True)))
     for name in [n for n in local._parameters if n not in tree.get("params", {})]:
         del local._parameters[name]
-    local.__dict__["_param_ids"] = dict(tree.get("param_ids", {}))
+    local.__dict__["_param_ids"] = ids
+
+
+def _sync_module(local: nn.Module, tree: dict, exports: dict) -> None:
+    """Make ``local`` mirror the worker's module ``tree`` (mode, parameters, buffers, sub-modules)."""
+    local.training = bool(tree.get("training", True))
+    _sync_params(local, tree, exports)
     for name, value in dict(tree.get("buffers", {})).items():
         current = local._buffers.get(name)
         if value is not None and isinstance(current, torch.Tensor) and current.shape == value.shape:
-            current.copy_(value.to(current.dtype)) if current.dtype == value.dtype else None
-            if current.dtype != value.dtype:
-                local._buffers[name] = value
-        else:
-            local._buffers[name] = value
+            if current.dtype == value.dtype:
+                current.copy_(value)
+                continue
+        local._buffers[name] = value
     for name in [n for n in local._buffers if n not in tree.get("buffers", {})]:
         del local._buffers[name]
     children = dict(tree.get("children", {}))
@@ -594,11 +594,9 @@ def _sync_module(local: nn.Module, tree: dict, exports: dict) -> None:
             local._modules[name] = None
             continue
         cls = _part_class(str(child["cls_module"]), str(child["cls_name"]))
-        current = local._modules.get(name)
-        if type(current) is not cls:
-            current = cls()
-            local._modules[name] = current
-        _sync_module(current, child, exports)
+        if type(local._modules.get(name)) is not cls:
+            local._modules[name] = cls()
+        _sync_module(local._modules[name], child, exports)
     for name in [n for n in local._modules if n not in children]:
         del local._modules[name]
 

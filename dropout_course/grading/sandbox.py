@@ -104,9 +104,16 @@ def _proc_status(pid: str) -> dict:
         return {}
 
 
+def _proc_pids() -> list[str]:
+    try:
+        return [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+
+
 def _pids_of_uid(uid: int) -> list[int]:
     pids = []
-    for name in os.listdir("/proc"):
+    for name in _proc_pids():
         if name.isdigit():
             status = _proc_status(name)
             uids = status.get("Uid", "").split()
@@ -117,7 +124,7 @@ def _pids_of_uid(uid: int) -> list[int]:
 
 def _pids_of_group(pgid: int) -> list[int]:
     pids = []
-    for name in os.listdir("/proc"):
+    for name in _proc_pids():
         if name.isdigit():
             try:
                 if os.getpgid(int(name)) == pgid:
@@ -192,53 +199,67 @@ def _vm_size_bytes() -> int:
         return 0
 
 
+def _only_fds(keep: set[int]) -> None:
+    """stdin/stdout/stderr on /dev/null; every other inherited descriptor but ``keep`` closed."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd not in keep | {0, 1, 2}:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _limit(uid: int | None, memory_mb: int, cpu_seconds: int) -> None:
+    limits = [
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_CPU, cpu_seconds),
+        (resource.RLIMIT_FSIZE, 64 * 1024 * 1024),
+        (resource.RLIMIT_AS, _vm_size_bytes() + memory_mb * 1024 * 1024),
+    ]
+    if uid is not None:
+        limits.append((resource.RLIMIT_NPROC, 64))
+    for what, value in limits:
+        _, hard = resource.getrlimit(what)
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(what, (value, value))
+
+
+def _drop_privileges(uid: int) -> None:
+    read_all = not interpreter_readable_by_others()
+    if read_all:
+        _prctl(PR_SET_KEEPCAPS, 1)
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid:
+        os._exit(71)
+    if read_all:
+        _keep_only_read_capability()
+
+
 def _child(req_r: int, rep_w: int, folder: str, uid: int | None, memory_mb: int, cpu_seconds: int):
     """Runs in the forked child: isolate, limit, drop privileges, then serve (never returns)."""
     try:
         os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        keep = {0, 1, 2, req_r, rep_w}
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd not in keep:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        _only_fds({req_r, rep_w})
         for sig in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.setitimer(signal.ITIMER_REAL, 0)
-        limits = [
-            (resource.RLIMIT_CORE, 0),
-            (resource.RLIMIT_CPU, cpu_seconds),
-            (resource.RLIMIT_FSIZE, 64 * 1024 * 1024),
-            (resource.RLIMIT_AS, _vm_size_bytes() + memory_mb * 1024 * 1024),
-        ]
-        if uid is not None:
-            limits.append((resource.RLIMIT_NPROC, 64))
-        for what, value in limits:
-            soft, hard = resource.getrlimit(what)
-            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-            resource.setrlimit(what, (value, value))
+        _limit(uid, memory_mb, cpu_seconds)
         os.chdir(folder)
-        for key in list(os.environ):
-            if key.startswith("DROPOUT_COURSE_"):
-                del os.environ[key]
+        for key in [k for k in os.environ if k.startswith("DROPOUT_COURSE_")]:
+            del os.environ[key]
         os.environ.update(HOME=folder, TMPDIR=folder, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
         tempfile.tempdir = folder
         if uid is not None:
-            read_all = not interpreter_readable_by_others()
-            if read_all:
-                _prctl(PR_SET_KEEPCAPS, 1)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            if os.getuid() != uid or os.geteuid() != uid:
-                os._exit(71)
-            if read_all:
-                _keep_only_read_capability()
+            _drop_privileges(uid)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)  # no setuid program can give the learner's code privileges back
         from .worker import main
 

@@ -87,37 +87,22 @@ class Worker:
         return item
 
     def encode(self, value, tensors: list, depth: int = 0):
-        import torch
+        """``value`` as plain data for the reply (tensors also appended to ``tensors``), else a handle."""
         from torch import nn
 
         if depth > MAX_DEPTH:
             return self.handle_of(value)
-        if value is None or isinstance(value, (bool, str, bytes)) or type(value) in (int, float):
-            return value
-        if isinstance(value, int):
-            return int(value)
-        if isinstance(value, float):
-            return float(value)
-        if isinstance(value, complex):
-            return {"$": "complex", "re": value.real, "im": value.imag}
-        if isinstance(value, torch.Tensor):
-            tensors.append(value)
-            out = value.detach().to("cpu")
-            if out.layout != torch.strided:
-                out = out.to_dense()
-            return out.clone().contiguous() if type(out) is torch.Tensor else torch.Tensor(out).clone()
-        if isinstance(value, np.ndarray) and value.dtype.kind in wire.NUMERIC_KINDS:
-            return wire.encode_array(value)
-        if isinstance(value, np.generic) and value.dtype.kind in wire.NUMERIC_KINDS:
-            return wire.encode_numpy_scalar(value)
-        if isinstance(value, tuple):
-            return {"$": "tuple", "items": [self.encode(v, tensors, depth + 1) for v in value]}
-        if isinstance(value, list):
-            return {"$": "list", "items": [self.encode(v, tensors, depth + 1) for v in value]}
+        plain = _encode_leaf(value, tensors)
+        if plain is not _NOT_PLAIN:
+            return plain
+        if isinstance(value, (tuple, list)):
+            kind = "tuple" if isinstance(value, tuple) else "list"
+            return {"$": kind, "items": [self.encode(v, tensors, depth + 1) for v in value]}
         if isinstance(value, dict) and all(
             k is None or isinstance(k, (bool, int, float, str)) for k in value
         ):
-            return {"$": "dict", "items": [[k, self.encode(v, tensors, depth + 1)] for k, v in value.items()]}
+            items = [[_plain_key(k), self.encode(v, tensors, depth + 1)] for k, v in value.items()]
+            return {"$": "dict", "items": items}
         if isinstance(value, nn.Module):
             trusted = trusted_tree(value)
             if trusted is not None:
@@ -408,6 +393,36 @@ def _leaves(args, kwargs):
     """(path, value) of the top-level arguments the judge wants back if a call changes them."""
     items = [(("a", i), v) for i, v in enumerate(args)] + [(("k", k), v) for k, v in kwargs.items()]
     return items
+
+
+def _plain_key(key):
+    for kind in (bool, int, float, str):
+        if isinstance(key, kind):
+            return kind(key)
+    return None
+
+
+def _encode_leaf(value, tensors: list):
+    """Numbers, strings, tensors, NumPy arrays and scalars as plain data; ``_NOT_PLAIN`` for anything else."""
+    import torch
+
+    if value is None or isinstance(value, (bool, str, bytes)):
+        return value if type(value) in (type(None), bool, str, bytes) else _plain_key(value)
+    if isinstance(value, (int, float)):
+        return _plain_key(value)
+    if isinstance(value, complex):
+        return {"$": "complex", "re": value.real, "im": value.imag}
+    if isinstance(value, torch.Tensor):
+        tensors.append(value)
+        out = value.detach().to("cpu")
+        if out.layout != torch.strided:
+            out = out.to_dense()
+        return out.as_subclass(torch.Tensor).clone().contiguous()
+    if isinstance(value, np.ndarray) and value.dtype.kind in wire.NUMERIC_KINDS:
+        return wire.encode_array(value)
+    if isinstance(value, np.generic) and value.dtype.kind in wire.NUMERIC_KINDS:
+        return wire.encode_numpy_scalar(value)
+    return _NOT_PLAIN
 
 
 _PRIMITIVES = (type(None), bool, int, float, str)
