@@ -37,3 +37,12 @@ def test_doctor_fails_clearly_when_a_package_is_missing(monkeypatch):
 def test_main_dispatches_doctor(capsys):
     assert cli.main(["doctor"]) == 0
     assert "dropout-course doctor" in capsys.readouterr().out
+
+
+def test_grade_rejects_bad_options_before_grading(tmp_path, capsys):
+    sub = tmp_path / "a.ipynb"
+    sub.write_text("{}")
+    out = tmp_path / "grades.csv"
+    assert cli.main(["grade", str(sub), "--out", str(out), "--jobs", "0"]) == 2
+    assert cli.main(["grade", str(sub), "--out", str(out), "--call-timeout", "0"]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().out and not out.exists()

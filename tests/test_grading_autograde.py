@@ -411,3 +411,23 @@ def test_grading_as_the_same_user_still_judges_outside_the_learner_code(tmp_path
     with open(out, newline="") as fh:
         rows = {Path(r["submission"]).stem: r for r in csv.DictReader(fh)}
     assert float(rows["honest"]["total"]) == FULL and float(rows["attack"]["total"]) == 0
+
+
+def test_points_survive_the_hard_limit(tmp_path, monkeypatch):
+    """A judge stopped at the per-submission hard limit keeps the checks it had judged (status incomplete)."""
+    from dropout_course.grading import autograde
+
+    sleeper = (
+        "import time\ndef dropout_backward_numpy(dout, cache):\n    while True:\n        time.sleep(0.1)\n"
+    )
+    sub = tmp_path / "slow.ipynb"
+    nbformat.write(notebook("all", replace={"dropout_backward_numpy_solution": sleeper}), sub)
+    monkeypatch.setattr(autograde, "hard_limit", lambda timeout: 30.0)
+    out = tmp_path / "grades.csv"
+    assert cli.main(["grade", str(sub), "--out", str(out), "--call-timeout", "600"]) == 0
+    with open(out, newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["status"] == "incomplete" and "longer than 30 s" in row["reason"], row
+    assert row["exercise"] == EX and float(row["max_total"]) == FULL
+    assert float(row["dropout_forward"]) == 11 and float(row["dropout_backward_numpy"]) == 0
+    assert float(row["total"]) >= 11

@@ -121,18 +121,24 @@ class _Judge:
                 continue
             if event.get("id") != task["id"]:
                 continue
-            if event.get("event") == "check":
+            if event.get("event") == "check" and event.get("check") is None:
+                plan = {str(k): float(v) for k, v in dict(event.get("score") or {}).items()}
+                task["exercise"] = event.get("exercise") or task.get("exercise")
+                task["max_total"] = float(sum(plan.values()))
+                checks.update({name: 0.0 for name in plan if name not in checks})
+            elif event.get("event") == "check":
                 checks[str(event["check"])] = float(event["score"])
             elif event.get("event") == "row":
                 return event["row"]
 
 
 def _stopped(task: dict, checks: dict, why: str) -> dict:
+    """The row of a submission whose judge was stopped: the checks it judged keep their points."""
     row = {"submission": task["path"], "exercise": task.get("exercise") or "", "status": "incomplete"}
     row.update({name: score for name, score in checks.items()})
     row["total"] = float(sum(checks.values()))
-    row["max_total"] = ""
-    row["reason"] = f"{why}; checks judged before that are kept ({len(checks)})"
+    row["max_total"] = task.get("max_total", "")
+    row["reason"] = f"{why}; the points of the checks judged before that are kept"
     if not checks:
         row["status"] = "error"
         row["reason"] = why

@@ -112,7 +112,11 @@ def judge_notebook(
     on_check=None,
     call_timeout: float | None = None,
 ) -> dict:
-    """Grade one submission (its bytes); return its row. ``on_check(name, score)`` as each check is judged."""
+    """Grade one submission (its bytes); return its row.
+
+    ``on_check(name, score, exercise)`` is called as each check is judged, and once first with ``name=None``
+    and ``score={check: max points}`` (the plan).
+    """
     from .core import _load_exercise
     from .release import repo_root
 
@@ -145,6 +149,8 @@ def judge_notebook(
         return row
     row["exercise"] = exercise
     row["max_total"] = float(sum(s.max_score for s in specs.values()))
+    if on_check is not None:  # "plan": what a row cut short still needs (every check column at 0)
+        on_check(None, {name: spec.max_score for name, spec in specs.items()}, exercise)
     graded, more = plan.build_graded_notebook(nb, known[exercise])
     notes += more
     steps = plan.steps(graded, known[exercise])
@@ -226,7 +232,7 @@ def _run_checks(session, steps, exercise, row, not_run, on_check, call_timeout) 
                 score = float(result.score)
             row["scores"][call.name] = score
             if on_check is not None:
-                on_check(call.name, score)
+                on_check(call.name, score, exercise)
 
 
 def serve(rfile, wfile) -> None:
@@ -248,7 +254,9 @@ def serve(rfile, wfile) -> None:
                 task.get("exercise"),
                 Path(task["source"]) if task.get("source") else None,
                 float(task.get("timeout") or DEFAULT_CELL_TIMEOUT),
-                on_check=lambda name, score: emit({"event": "check", "check": name, "score": score}),
+                on_check=lambda name, score, exercise: emit(
+                    {"event": "check", "check": name, "score": score, "exercise": exercise}
+                ),
                 call_timeout=float(task["call_timeout"]) if task.get("call_timeout") else None,
             )
         except Exception as exc:  # noqa: BLE001 - a judge bug still gives a row
