@@ -45,7 +45,7 @@ def _required() -> bool:
 
 @pytest.fixture(scope="module", autouse=True)
 def book_extra() -> None:
-    missing = [m for m in BOOK_MODULES if importlib.util.find_spec(m) is None]
+    missing = missing_book_extra()
     if not missing:
         return
     message = f"book extra not installed (no {', '.join(missing)}): pip install -e '.[book]'"
@@ -136,9 +136,8 @@ def sphinx_build(src: Path, out: Path, quiet: bool = True) -> subprocess.Complet
     return subprocess.run(command, cwd=src, env=env, capture_output=True, text=True, timeout=240)
 
 
-@pytest.fixture(scope="module")
-def book(tmp_path_factory) -> dict:
-    src = tmp_path_factory.mktemp("book-src")
+def build_small_book(src: Path) -> dict:
+    """Lay out a small course in ``src`` (real book/ configuration) and build it; also used by test_browser."""
     shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("__pycache__"))
     (src / "README.md").write_text(small_readme(), encoding="utf-8")
     (src / "notebooks").mkdir()
@@ -151,6 +150,16 @@ def book(tmp_path_factory) -> dict:
     seconds = time.monotonic() - started
     assert result.returncode == 0, f"sphinx-build failed ({seconds:.0f} s):\n{result.stdout}\n{result.stderr}"
     return {"src": src, "out": out, "seconds": seconds, "log": result.stdout + result.stderr}
+
+
+def missing_book_extra() -> list[str]:
+    """The modules of the ``book`` extra that are not installed."""
+    return [m for m in BOOK_MODULES if importlib.util.find_spec(m) is None]
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory) -> dict:
+    return build_small_book(tmp_path_factory.mktemp("book-src"))
 
 
 class _Refs(HTMLParser):

@@ -319,3 +319,49 @@ def test_notebook_runs_with_figure_and_live_widget(page, lab):  # page first: no
         raise
     finally:
         print(f"browser test took {time.monotonic() - started:.1f} s after the server was up")
+
+
+@pytest.mark.timeout(300)
+def test_course_website_in_the_browser(page, tmp_path):  # page first: no browser, skip/fail fast
+    """The small course website of tests/test_book.py, opened from its files: landing page, a notebook
+    page whose figure loads, and a collapsed answer that opens on click. Network requests are refused
+    (MathJax comes from a CDN, so the math is checked as marked up, not as typeset)."""
+    import test_book  # the small book's builder (tests/test_book.py)
+
+    if missing := test_book.missing_book_extra():
+        message = f"book extra not installed (no {', '.join(missing)}): pip install -e '.[book]'"
+        if browser_required():
+            pytest.fail(f"website browser test required but {message}", pytrace=False)
+        pytest.skip(f"website browser test skipped: {message}")
+    out = test_book.build_small_book(tmp_path)["out"]
+    context = page.context.browser.new_context(viewport={"width": 1400, "height": 1200})
+    try:
+        tab = context.new_page()
+        errors: list[str] = []
+        tab.on("pageerror", lambda exc: errors.append(str(exc)))
+        tab.route(re.compile(r"^https?://"), lambda route: route.abort())
+        tab.goto((out / "index.html").as_uri())  # redirects to the landing page
+        tab.wait_for_url("**/book/index.html", timeout=15_000)
+        assert tab.locator("article h2", has_text="Course map").count() == 1, (
+            "no course map on the landing page"
+        )
+
+        tab.locator(f"article a[href$='{test_book.NOTEBOOK.replace('.ipynb', '.html')}']").first.click()
+        tab.wait_for_url("**/notebooks/*.html", timeout=15_000)
+        figure = tab.locator("article .cell_output img").first
+        figure.wait_for(timeout=10_000)
+        assert figure.evaluate("img => img.complete && img.naturalWidth > 100"), "figure did not load"
+        assert tab.locator("article .math").count() >= 2, "no math on the notebook page"
+        assert tab.locator("article .widget-static-note").count() == 1, "no note under the widget's figure"
+
+        answer = tab.locator("article details").first
+        assert answer.evaluate("d => !d.open"), "the answer is open before a click"
+        assert not answer.get_by_text("So the expected output").is_visible()
+        answer.locator("summary").click()
+        assert answer.evaluate("d => d.open"), "the answer did not open on click"
+        assert answer.get_by_text("So the expected output").is_visible()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        tab.screenshot(path=str(ARTIFACTS / "book_notebook_page.png"), full_page=True)
+        assert not errors, f"JavaScript errors on the site: {errors}"
+    finally:
+        context.close()

@@ -77,14 +77,14 @@ def note_widgets(app, doctree: nodes.document) -> None:
         found = EXPLORER_CALL.search(_cell_source(cell))
         if not (found and has_output):
             continue
-        note = nodes.note()
+        note = nodes.admonition(classes=["tip", "widget-static-note"])
+        note += nodes.title(text="Interactive in JupyterLab")
         note += nodes.paragraph(
             text=(
                 f"This figure is the static view of an interactive widget ({found.group(1)}); the widget is "
                 "live in JupyterLab: open the notebook there (make lab) to move its sliders and buttons."
             )
         )
-        note["classes"].append("widget-static-note")
         cell.append(note)
 
 
