@@ -7,7 +7,8 @@ everywhere in the course, the probability of DROPPING a unit.
 * :func:`mc_dropout_mode`    context manager: the whole model in eval mode, only its dropout modules in
                              train mode (BatchNorm keeps using its running statistics).
 * :func:`mc_predict`         the ``T`` passes batched: the batch is repeated, (T*N, ...) -> outputs
-                             reshaped to (T, N, ...), in cache-sized chunks so it never loses to the loop;
+                             reshaped to (T, N, ...), packed only for small inputs so it never loses to
+                             the loop;
                              in a chain-shaped model (``nn.Sequential``, ``MLP``) the layers before the
                              first dropout run once.
 * :func:`mc_predict_loop`    the naive reference: ``T`` separate forward passes.
@@ -36,6 +37,7 @@ from .layers import _DropoutBase, is_dropout_module, restored_modes
 __all__ = [
     "DROPOUT_TYPES",
     "CHUNK_ELEMENTS",
+    "SMALL_INPUT_ELEMENTS",
     "dropout_modules",
     "shared_mask_modules",
     "mc_dropout_mode",
@@ -51,8 +53,10 @@ __all__ = [
 #: Module types switched to train mode for MC sampling: the course's layers and torch's own dropouts.
 DROPOUT_TYPES: tuple[type[nn.Module], ...] = (_DropoutBase, nn.modules.dropout._DropoutNd)
 
-#: Rows per chunk of the repeated batch are chosen so that a chunk's input holds about this many numbers
-#: (a few MB of activations, which stay in the CPU's caches); see :func:`mc_predict`.
+#: Inputs of at most this many numbers (after the deterministic prefix) are "small": :func:`mc_predict` packs
+#: several copies of them into one pass. Larger inputs run one pass per sample (the loop, minus the prefix).
+SMALL_INPUT_ELEMENTS = 2**13
+#: A pass over packed copies of a small input holds about this many numbers (activations stay in cache).
 CHUNK_ELEMENTS = 2**18
 
 
@@ -133,12 +137,13 @@ def mc_predict(
         \hat\mu(x) = \frac{1}{T}\sum_{t=1}^{T} f_{\omega_t}(x), \qquad
         \hat\sigma^2(x) = \frac{1}{T}\sum_{t=1}^{T} \big(f_{\omega_t}(x) - \hat\mu(x)\big)^2 .
 
-    Speed: one huge (T*N, ...) batch is slower than a loop of ``T`` passes once its activations no longer
-    fit in the CPU's caches (0.6-0.9x for a 200-point grid through a 128-128 MLP), so the repeated batch
-    runs in chunks of ``k`` copies of ``x``, ``k = max(1, CHUNK_ELEMENTS // numel of one copy)``: many copies
-    per pass for small inputs (where the loop's per-call overhead dominates), and for large inputs
-    (``k = 1``) exactly the loop's ``T`` passes, without the copy. In a chain-shaped model (``nn.Sequential``,
-    the course's ``MLP``) the layers before the first dropout run once, not ``T`` times.
+    Speed: packing copies saves the per-call overhead of ``T`` passes, which dominates for small inputs
+    (one image: ~60x faster than the loop), but one huge (T*N, ...) batch is *slower* than the loop once
+    the per-call overhead is small and its activations overflow the CPU's caches (0.6-0.9x measured for a
+    200-point grid through a 128-128 MLP). So an input of at most ``SMALL_INPUT_ELEMENTS`` numbers runs
+    ``max(1, CHUNK_ELEMENTS // numel)`` copies per pass, and a larger one runs one pass per sample: the
+    loop itself, never slower. In a chain-shaped model (``nn.Sequential``, the course's ``MLP``) the layers
+    before the first dropout run once, not ``T`` times, which is the gain for large inputs.
 
     Args:
         model: a network with dropout modules; its train/eval modes are restored afterwards.
@@ -178,7 +183,8 @@ def mc_predict(
     with context, mc_dropout_mode(model):
         for module in prefix:  # deterministic: the same for all T copies, so computed once
             x = module(x)
-        copies = max(1, CHUNK_ELEMENTS // max(1, x.numel()))
+        small = x.numel() <= SMALL_INPUT_ELEMENTS
+        copies = max(1, CHUNK_ELEMENTS // max(1, x.numel())) if small else 1
         if max_rows is not None:
             copies = min(copies, max(1, max_rows // n))
         ones = [1] * (x.dim() - 1)

@@ -191,6 +191,7 @@ def test_chunked_passes_match_the_distribution_and_order(n, max_rows, monkeypatc
     import dropout_course.uncertainty as unc
 
     monkeypatch.setattr(unc, "CHUNK_ELEMENTS", 64)  # force several chunks even for tiny inputs
+    monkeypatch.setattr(unc, "SMALL_INPUT_ELEMENTS", 400)
     p, T = 0.4, 40
     net, x = linear_dropout_net(p, d=4)
     xb = x.expand(n, -1).clone() * torch.arange(1, n + 1).unsqueeze(1)  # example i scaled by i + 1
@@ -205,7 +206,7 @@ def test_chunked_passes_match_the_distribution_and_order(n, max_rows, monkeypatc
 
 
 def test_chunk_size_grows_with_small_inputs_and_is_one_copy_for_large_ones(monkeypatch):
-    """Small inputs run many copies per pass; inputs of CHUNK_ELEMENTS numbers run one pass per sample."""
+    """Small inputs run many copies per pass; inputs above SMALL_INPUT_ELEMENTS run one pass per sample."""
     import dropout_course.uncertainty as unc
 
     rows = []
@@ -213,11 +214,12 @@ def test_chunk_size_grows_with_small_inputs_and_is_one_copy_for_large_ones(monke
     lin.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
     net = nn.Sequential(Dropout(0.5), lin)
     monkeypatch.setattr(unc, "CHUNK_ELEMENTS", 400)
+    monkeypatch.setattr(unc, "SMALL_INPUT_ELEMENTS", 100)
     mc_predict(net, torch.randn(10, 4), T=25, seed=0)  # 40 numbers per copy -> 10 copies per pass
     assert rows == [100, 100, 50]
     rows.clear()
-    mc_predict(net, torch.randn(200, 4), T=3, seed=0)  # 800 numbers > 400 -> one copy per pass
-    assert rows == [200, 200, 200]
+    mc_predict(net, torch.randn(30, 4), T=3, seed=0)  # 120 numbers > 100: not small -> one copy per pass
+    assert rows == [30, 30, 30]
 
 
 # --------------------------------------------------------------------------- calibration
