@@ -123,7 +123,6 @@ class HandWritten(nn.Module):
 
 CORRECT = {
     "sequential_nn_dropout": lambda seed: _sequential(),
-    "course_mlp": lambda seed: MLP(MLPConfig(hidden=(256, 256), input_dropout=0.2, hidden_dropout=0.5)),
     "hidden_only_course_dropout": lambda seed: _sequential(0.0, (0.5, 0.5), drop=Dropout),
     "before_relu_other_ps": lambda seed: _sequential(0.3, (0.6, 0.4), before_relu=True),
     "hand_written_module": lambda seed: HandWritten(),
@@ -194,15 +193,51 @@ WRONG = {
         ["hidden p = 0.8 drops 80% of the hidden units", "did you mean keep probability 0.8, i.e. p = 0.2?"],
     ),
     "keep_probability_input": (
-        lambda seed: MLP(MLPConfig(hidden=(256, 256), input_dropout=0.8, hidden_dropout=0.5)),
+        lambda seed: _sequential(0.8, (0.5, 0.5)),
         ["input p = 0.8 drops 80% of every digit's pixels"],
     ),
     "too_little": (lambda seed: _sequential(0.0, (0.05, 0.05)), ["hidden p = 0.05 is too little"]),
     "only_input": (lambda seed: _sequential(0.2, (0.0, 0.0)), ["dropout only on the input pixels"]),
     "only_first_hidden": (lambda seed: _sequential(0.2, (0.5, 0.0)), ["no dropout after hidden layer 2"]),
     "p_left_at_zero": (
-        lambda seed: MLP(MLPConfig(hidden=(256, 256))),
+        lambda seed: nn.Sequential(
+            nn.Linear(784, 256),
+            nn.ReLU(),
+            nn.Dropout(0.0),
+            nn.Linear(256, 256),
+            nn.ReLU(),
+            nn.Dropout(0.0),
+            nn.Linear(256, 10),
+        ),
         ["the dropout after hidden layer 1 and 2 has p = 0, which drops nothing"],
+    ),
+    "course_mlp": (
+        lambda seed: MLP(MLPConfig(hidden=(256, 256), input_dropout=0.2, hidden_dropout=0.5)),
+        ["not credited: calls dropout_course.models.MLP", "build the network yourself"],
+    ),
+    "activation_missing": (
+        lambda seed: nn.Sequential(
+            nn.Dropout(0.2),
+            nn.Linear(784, 256),
+            nn.Dropout(0.5),
+            nn.Linear(256, 256),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(256, 10),
+        ),
+        ["no activation after hidden layer 1"],
+    ),
+    "tanh_instead_of_relu": (
+        lambda seed: nn.Sequential(
+            nn.Linear(784, 256),
+            nn.Tanh(),
+            nn.Dropout(0.5),
+            nn.Linear(256, 256),
+            nn.Tanh(),
+            nn.Dropout(0.5),
+            nn.Linear(256, 10),
+        ),
+        ["hidden layer 1 uses tanh instead of ReLU"],
     ),
     "functional_without_training_flag": (
         lambda seed: NoTrainingFlag(),
@@ -231,7 +266,10 @@ WRONG = {
 @pytest.mark.parametrize("name", list(WRONG))
 def test_wrong_models_fail_the_structure_check_with_their_diagnosis(grader, name):
     make, fragments = WRONG[name]
-    _fails_with(grader.check("make_regularized_mlp", make), *fragments)
+    result = grader.check("make_regularized_mlp", make)
+    _fails_with(result, *fragments)
+    if name in ("activation_missing", "tanh_instead_of_relu"):  # one cause, one failing property
+        assert sum(not p.passed for p in result.properties) == 1, "\n".join(result.messages)
 
 
 def test_unimplemented_and_hanging_models_fail_cleanly():

@@ -31,7 +31,7 @@ import sys
 import textwrap
 import types
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 TORCH_DROPOUT_NAMES = frozenset(
@@ -213,9 +213,10 @@ class Trace:
             if previous is not None:
                 previous(frame, event, arg)
 
+        spy = _Spy() if (originality.torch_dropout or originality.forbid_sdpa) else nullcontext()
         sys.setprofile(profile)
         try:
-            with _Spy():
+            with spy:
                 yield
         finally:
             sys.setprofile(previous)

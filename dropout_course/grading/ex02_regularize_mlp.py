@@ -29,7 +29,7 @@ from torch import nn
 
 from ..data import load_mnist
 from ..training import evaluate, fit, seeded
-from .core import CheckSpec, Fail, Property, one_torch_thread, register
+from .core import CheckSpec, Fail, Originality, Property, one_torch_thread, register
 from .mlp_structure import (
     HIDDEN,
     IN_FEATURES,
@@ -40,6 +40,7 @@ from .mlp_structure import (
     hidden_sites,
     keeps_layers,
     not_on_logits,
+    relu_activations,
     returns_module,
     sensible_p,
     trace_sites,
@@ -164,6 +165,13 @@ register(
 
 # --------------------------------------------------------------------------- task 2: the model's structure
 
+# the task is to build the network with dropout placed: the course's MLP (its dropout sites built in) is not
+_ORIGINALITY = Originality(
+    "build the network yourself (nn.Sequential or your own nn.Module; dropout modules are fine)",
+    ("dropout_course.models:MLP",),
+    torch_dropout=False,
+)
+
 
 register(
     EXERCISE,
@@ -172,12 +180,14 @@ register(
         [
             Property("returns a new nn.Module mapping (N, 784) images to (N, 10) logits", 1, returns_module),
             Property("keeps the plain network's layers: Linear 784 -> 256 -> 256 -> 10", 1, keeps_layers),
+            Property("a ReLU after each hidden Linear, as in the plain network", 1, relu_activations),
             Property("dropout after every hidden layer's activation", 2, hidden_sites),
             Property("no dropout on the output logits", 1, not_on_logits),
             Property("drop probabilities in a sensible range (p = probability of dropping)", 2, sensible_p),
             Property("drops in train mode, deterministic in eval mode", 1, train_eval),
         ],
         description="structure of make_regularized_mlp(seed)",
+        originality=_ORIGINALITY,
     ),
 )
 
@@ -316,6 +326,7 @@ register(
             Property("still fits the training data (no under-fitting)", 1, _fits_training_data(*VISIBLE)),
         ],
         description="trained against the plain network, same data, seeds and epochs",
+        originality=_ORIGINALITY,
     ),
 )
 register(
@@ -328,5 +339,6 @@ register(
         ],
         hidden=True,
         description="another data split, other seeds",
+        originality=_ORIGINALITY,
     ),
 )

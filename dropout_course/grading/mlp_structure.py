@@ -39,6 +39,7 @@ __all__ = [
     "not_on_logits",
     "sensible_p",
     "train_eval",
+    "relu_activations",
 ]
 
 
@@ -179,8 +180,69 @@ def keeps_layers(ctx):
 def _layers_ok(ctx):
     try:
         keeps_layers(ctx)
-    except Fail as exc:
-        raise Fail(f"fix the layers first: {exc}") from None
+    except Fail:
+        raise Fail('skipped: fix the layers first (see "keeps the plain network\'s layers")') from None
+
+
+def _between_linears(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(output of Linear k, input of Linear k+1) for consecutive Linear calls of one eval-mode pass."""
+    events: list[tuple[str, torch.Tensor]] = []
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            handles.append(m.register_forward_pre_hook(lambda mod, args: events.append(("in", args[0]))))
+            handles.append(m.register_forward_hook(lambda mod, args, out: events.append(("out", out))))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    pairs = []
+    for (kind_a, a), (kind_b, b) in zip(events, events[1:], strict=False):
+        if kind_a == "out" and kind_b == "in":
+            pairs.append((a, b))
+    return pairs
+
+
+_ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "LeakyReLU": torch.nn.functional.leaky_relu,
+    "GELU": torch.nn.functional.gelu,
+    "ELU": torch.nn.functional.elu,
+}
+
+
+def relu_activations(ctx):
+    """Each hidden Linear's output goes through a ReLU before the next Linear (eval mode: no dropout)."""
+    _layers_ok(ctx)
+    pairs = ctx.memo("between", lambda: _between_linears(learner_model(ctx), _images()))
+    for k, (a, b) in enumerate(pairs, start=1):
+        if a.shape != b.shape:
+            continue
+        if torch.allclose(b, torch.relu(a), rtol=1e-5, atol=1e-6):
+            continue
+        if torch.allclose(b, a, rtol=1e-5, atol=1e-6):
+            raise Fail(
+                f"no activation after hidden layer {k}: the plain network has a ReLU after each hidden Linear; "
+                "without it the Linear layers collapse into one linear map (keep `nn.ReLU()`; dropout goes "
+                "after it)"
+            )
+        for name, act in _ACTIVATIONS.items():
+            if torch.allclose(b, act(a), rtol=1e-5, atol=1e-6):
+                raise Fail(
+                    f"hidden layer {k} uses {name} instead of ReLU: keep the plain network's ReLU (the exercise "
+                    "changes only the dropout, so the comparison with the plain network is fair)"
+                )
+        raise Fail(
+            f"between hidden layer {k} and the next Linear the values are not ReLU(Linear output): keep "
+            "Linear -> ReLU -> Dropout, with nothing else in between"
+        )
 
 
 def drops_in_train_mode(ctx) -> bool:
