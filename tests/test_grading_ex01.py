@@ -746,3 +746,102 @@ def test_static_scan_judges_the_candidate_and_what_it_uses(grader):
     assert scan_source(notebook, originality, "dropout_forward") == []
     assert scan_source(notebook, originality, "uses_cheat") == ["torch.nn.functional.dropout"]
     assert scan_source(notebook, originality, "imported") == ["dropout_course.layers.dropout"]
+
+
+# --------------------------------------------------------------------------- more learner mistakes
+
+
+def normal_noise(x, p, training=True):  # torch.randn_like instead of torch.rand_like
+    if not training:
+        return x
+    return x * (torch.randn_like(x) >= p).to(x.dtype) / max(1 - p, 1e-12) * (p < 1)
+
+
+def under_no_grad(x, p, training=True):
+    if not training:
+        return x
+    with torch.no_grad():
+        return x * (torch.rand_like(x) >= p).to(x.dtype) / max(1 - p, 1e-12) * (p < 1)
+
+
+def data_attribute(x, p, training=True):
+    if not training:
+        return x
+    return x.data * (torch.rand_like(x) >= p).to(x.dtype) / max(1 - p, 1e-12) * (p < 1)
+
+
+def masked_fill_in_place(x, p, training=True):
+    if not training or p == 0:
+        return x
+    x.masked_fill_(torch.rand_like(x) < p, 0.0)
+    return x / (1 - p) if p < 1 else x
+
+
+def mask_of_first_row(x, p, training=True):  # one mask per feature, broadcast over the batch
+    if not training:
+        return x
+    return x * (torch.rand(x.shape[-1]) >= p).to(x.dtype) / max(1 - p, 1e-12) * (p < 1)
+
+
+MORE_WRONG = {
+    normal_noise: ["drops"],
+    under_no_grad: ["detached from autograd"],
+    data_attribute: ["detached from autograd"],
+    masked_fill_in_place: ["was modified in place"],
+    mask_of_first_row: ["one mask is shared by the whole batch"],
+}
+
+
+@pytest.mark.parametrize("fn", list(MORE_WRONG), ids=[f.__name__ for f in MORE_WRONG])
+def test_more_wrong_dropout_forward_is_diagnosed(grader, fn):
+    _fails_with(grader.check("dropout_forward", fn), *MORE_WRONG[fn])
+
+
+_NOT_HIDDEN = {endless, swallows_everything}  # time-outs are slow: the visible check covers them
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [f for f in [*WRONG, *MORE_WRONG] if f not in _NOT_HIDDEN],
+    ids=[f.__name__ for f in WRONG if f not in _NOT_HIDDEN] + [f.__name__ for f in MORE_WRONG],
+)
+def test_wrong_dropout_forward_loses_hidden_points_too(grader, fn):
+    result = grader.check("dropout_forward_hidden", fn)
+    assert result.score < result.max_score, "\n".join(result.messages)
+
+
+class CachedMaskModule(nn.Module):
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(p)
+        self.p, self.mask = p, None
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        if self.mask is None or self.mask.shape != x.shape:  # drawn once, reused by later calls
+            self.mask = (torch.rand_like(x) >= self.p).to(x.dtype)
+        return x * self.mask / max(1 - self.p, 1e-12) * (self.p < 1)
+
+
+def test_a_mask_cached_on_the_module_fails(grader):
+    _fails_with(grader.check("Dropout", CachedMaskModule), "the same mask on every call")
+
+
+def test_one_cause_fails_one_property(grader):
+    result = grader.check("dropout_forward", returns_numpy)
+    failed = [p for p in result.properties if not p.passed]
+    assert "returns a NumPy array" in failed[0].diagnosis
+    assert all(p.diagnosis.startswith("skipped: fix") for p in failed[1:]), "\n".join(result.messages)
+
+
+def test_the_judges_seed_hook_seeds_the_candidates_process(grader):
+    seeds = []
+    spec = grader.specs["dropout_forward"]
+    ctx = CheckContext(ok_rand, 2.0, grader.seed, {"seed_rng": seeds.append}, spec.originality)
+    with ctx.seeded(5):
+        pass
+    with ctx.seeded(6, local=True):
+        pass
+    assert seeds == [5]
