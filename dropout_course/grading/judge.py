@@ -93,9 +93,8 @@ class Session:
 
     def close(self) -> None:
         if self.client is not None:
-            if not self.client.broken:
-                self.client.broken = "closed"
-                self.leftovers += self.client.sandbox.kill()
+            self.client.lose("closed")
+            self.leftovers += self.client.leftovers
             self.client = None
 
 

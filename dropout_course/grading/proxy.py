@@ -72,6 +72,7 @@ class Client:
         self.check: tuple[str, str] | None = None
         self.deadline = DEFAULT_DEADLINE
         self.exports: dict[int, nn.Module] = {}
+        self.leftovers = 0  # other processes of the sandbox still running when it was killed
 
     def request(self, kind: str, *params, deadline: float | None = None) -> dict:
         if self.broken:
@@ -98,7 +99,7 @@ class Client:
     def lose(self, why: str) -> None:
         if not self.broken:
             self.broken = why
-            self.sandbox.kill()
+            self.leftovers += self.sandbox.kill()
 
     # ----------------------------------------------------------------- values
 
