@@ -845,3 +845,10 @@ def test_the_judges_seed_hook_seeds_the_candidates_process(grader):
     with ctx.seeded(6, local=True):
         pass
     assert seeds == [5]
+
+
+def test_functions_defined_by_exec_are_not_credited(grader):
+    namespace = {"torch": torch}
+    exec(_SOLUTION, namespace)  # what running the source notebook's solution cells amounts to
+    result = grader.check("dropout_forward", namespace["dropout_forward"])
+    assert result.score == 0 and "exec()" in result.messages[0], result.messages

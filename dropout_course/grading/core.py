@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .detect import Originality, Trace, candidate_source, scan_source
+from .detect import Originality, Trace, candidate_source, defined_by_exec, scan_source
 
 RESULTS_ENV_VAR = "DROPOUT_COURSE_RESULTS"
 DEFAULT_TIME_LIMIT = 10.0
@@ -442,6 +442,8 @@ class CheckContext:
             return found
         source = self.extra.get("source")
         if source is None:
+            if defined_by_exec(self.candidate):
+                return "is code run by exec() (e.g. read from a notebook), not written in this notebook"
             source = candidate_source(self.candidate)
         if source:
             names = scan_source(source, originality, getattr(self.candidate, "__name__", None))

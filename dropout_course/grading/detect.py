@@ -247,6 +247,19 @@ def candidate_source(candidate) -> str | None:
     return "\n".join(parts) if parts else None
 
 
+def defined_by_exec(candidate) -> bool:
+    """Whether the candidate (a function, or a class's methods) was compiled from a string by ``exec``
+    (e.g. solution cells read from a notebook file) rather than written in a cell or a file."""
+    targets = [candidate]
+    if isinstance(candidate, type):
+        targets = [v for v in vars(candidate).values() if isinstance(v, types.FunctionType)]
+    for target in targets:
+        code = getattr(inspect.unwrap(target), "__code__", None) if callable(target) else None
+        if isinstance(code, types.CodeType) and code.co_filename in ("<string>", "<exec>", "<unknown>"):
+            return True
+    return False
+
+
 class _Scanner(ast.NodeVisitor):
     def __init__(self, originality: Originality) -> None:
         self.originality = originality
