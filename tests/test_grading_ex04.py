@@ -566,3 +566,15 @@ def test_wrong_weight_drop_rnn_is_diagnosed(grader, cls):
         )
     if cls is ScaledByP:
         assert "p=0 should use weight_hh unchanged" in text
+
+
+@pytest.mark.parametrize("fn", list(WRONG_WD), ids=[f.__name__ for f in WRONG_WD])
+def test_wrong_weight_drop_loses_hidden_points_too(grader, fn):
+    result = grader.check("weight_drop_hidden", fn)
+    assert result.score < result.max_score, "\n".join(result.messages)
+
+
+@pytest.mark.parametrize("cls", list(WRONG_RNN), ids=[c.__name__ for c in WRONG_RNN])
+def test_wrong_weight_drop_rnn_loses_hidden_points_too(grader, cls):
+    result = grader.check("WeightDropRNN_hidden", cls)
+    assert result.score < result.max_score, "\n".join(result.messages)
