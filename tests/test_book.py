@@ -1,8 +1,8 @@
 """The course website (``make book``): a small book built from the real configuration.
 
 The fixture copies ``book/`` (conf.py, the pages, the extension) into a temporary folder laid out like the
-repository, with one short notebook written here (math, a figure, an ipywidgets explorer, a CLAIM line,
-a collapsed answer, references), one real learner copy from ``exercises/release`` AND its source from
+repository, with one short notebook written here (math, a figure, an ipywidgets explorer, a tqdm bar, a
+CLAIM line, a collapsed answer, references), one real learner copy from ``exercises/release`` AND its source from
 ``exercises/source`` (which the configuration must never read), and the README with its course map and
 claims table pointing to the short notebook. It builds the HTML with warnings as errors and checks: every
 internal link and image resolves, figures are PNG files referenced by their page, math is marked for
@@ -80,6 +80,7 @@ def tiny_notebook() -> dict:
             "import numpy as np\nfrom dropout_course.widgets import mask_explorer\n\n"
             "explorer = mask_explorer(np.random.default_rng(SEED).random((2, 28, 28)), p=0.5)",
         ),
+        _cell("code", 'from tqdm.auto import tqdm\n\nfor _ in tqdm(range(3), desc="tiny loop"):\n    pass'),
         _cell(
             "code",
             "from dropout_course.claims import report_claim\n\nmeasured = 1 + 1\n"
@@ -234,6 +235,7 @@ def test_notebook_page_has_figures_math_answers_and_widget_note(book):
     assert "<details>" in text and "<details open" not in text, "the answer is not a collapsed <details>"
     assert "widget-static-note" in text and "live in JupyterLab" in " ".join(html.unescape(text).split())
     assert "widget-view+json" not in text, "widget view emitted without a kernel to render it"
+    assert "tiny loop:" not in text, "a tqdm progress bar shows as text (its 0% state) on the page"
     assert "CLAIM: tiny-sum" in text, "the notebook's CLAIM line is not in the executed page"
 
 

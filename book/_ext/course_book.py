@@ -1,9 +1,10 @@
 """Sphinx extension for the course website: the bibliography page, widget notes, a root redirect.
 
-* ``<!-- course-references -->`` in a page becomes one section per notebook (in reading order) holding that notebook's own
-  "References" cell, so the bibliography is read from the notebooks, never copied.
-* Every notebook cell that builds one of the course's ipywidgets explorers (``*_explorer(...)``) gets a
-  note under its figure: the site shows the static figure; the widget is live in JupyterLab.
+* ``<!-- course-references -->`` in a page becomes one section per notebook (in reading order) holding
+  that notebook's own "References" cell, so the bibliography is read from the notebooks, never copied.
+* Widget outputs without a static figure are dropped (tqdm's progress bars: their text is the initial
+  0% state). Every cell that builds one of the course's ipywidgets explorers (``*_explorer(...)``) gets
+  a note under its figure: the site shows the static figure; the widget is live in JupyterLab.
 * ``index.html`` at the site's root redirects to the landing page ``book/index.html``.
 """
 
@@ -65,8 +66,22 @@ def _cell_source(cell: nodes.Element) -> str:
     return ""
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def drop_progress_bars(doctree: nodes.document) -> None:
+    """Remove widget outputs without a static figure: tqdm's bars, whose text is their initial 0% state."""
+    for bundle in list(doctree.findall(nodes.container)):
+        if bundle.get("nb_element") != "mime_bundle":
+            continue
+        kinds = {child.get("mime_type", "") for child in bundle.children}
+        if WIDGET_VIEW in kinds and not any(kind.startswith("image/") for kind in kinds):
+            bundle.parent.remove(bundle)
+
+
 def note_widgets(app, doctree: nodes.document) -> None:
     """Add a "live in JupyterLab" note under each cell whose output is an explorer's static figure."""
+    drop_progress_bars(doctree)
     for cell in list(doctree.findall(nodes.container)):
         if cell.get("nb_element") != "cell_code":
             continue
@@ -107,4 +122,4 @@ def setup(app):
     app.connect("source-read", insert_references)
     app.connect("doctree-read", note_widgets)
     app.connect("build-finished", redirect_root)
-    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
+    return {"version": "1.0", "env_version": 2, "parallel_read_safe": True, "parallel_write_safe": True}
