@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -91,7 +90,7 @@ grader = Forged()
 """,
     "write_results_file": f"""
 import json, os
-row = json.dumps({json.dumps(FORGED_ROW)})
+row = json.dumps({FORGED_ROW!r})
 for path in (os.environ.get("DROPOUT_COURSE_RESULTS", ""), "results.jsonl", "../results.jsonl"):
     try:
         with open(path, "a") as fh:
@@ -255,6 +254,8 @@ def test_honest_solution_gets_full_marks_and_empty_release_gets_zero(graded):
 def test_learner_cannot_set_their_own_score(graded, attack):
     row = graded["rows"][attack]
     assert total(graded, attack) == 0, row
+    if attack != "forge_and_kill":  # the attack itself ran (it did not just fail)
+        assert "raised" not in row["reason"], row["reason"]
     if AS_ROOT or attack != "forge_and_kill":  # as the same user, killing the judge is possible (row error)
         assert float(row["max_total"]) == FULL and row["status"] == "graded"
 
@@ -279,6 +280,8 @@ def test_package_on_disk_cannot_be_edited_and_later_submissions_are_graded_hones
 @needs_root
 def test_classmates_submissions_cannot_be_deleted(graded):
     assert total(graded, "delete_classmates") == 0
+    for attack in ("detached_rewriter", "edit_package", "delete_classmates"):
+        assert "raised" not in graded["rows"][attack]["reason"]
     assert graded["after"]["honest"] == graded["before"]["honest"]
     assert graded["rows"]["delete_classmates"]["integrity"] == ""
 
