@@ -271,9 +271,9 @@ class LockedDropout(_DropoutBase):
     Why one mask per sequence (Gal & Ghahramani 2016): with a fresh mask at every step, a unit that
     carries a memory is kept at all of :math:`k` consecutive steps only with probability
     :math:`(1 - p)^k`, so a memory held in one unit is wiped out again and again during training. A locked
-    mask removes the same units for the whole sequence: the network sees one thinner recurrent network per sequence (in the
-    variational view, one sample of the weights per sequence) and can keep its memory in the units that
-    survive:
+    mask removes the same units for the whole sequence: the network sees one thinner recurrent network
+    per sequence (in the variational view, one sample of the weights per sequence) and can keep its
+    memory in the units that survive:
 
     .. math::
         y_{n,t,h} = \frac{m_{n,h}}{1 - p} x_{n,t,h}, \qquad m_{n,h} \sim \mathrm{Bernoulli}(1 - p)
