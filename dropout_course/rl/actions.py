@@ -9,38 +9,22 @@ one thread: the networks are tiny, and waking threads costs more than the arithm
 from __future__ import annotations
 
 import contextlib
-import functools
 import numbers
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..training import seeded
+from ..config import seeded, torch_threads
+from ..layers import is_dropout_module, restored_modes
 
 __all__ = [
-    "one_thread",
     "masks_from",
     "greedy_action",
     "thompson_action",
     "epsilon_greedy_action",
     "linear_schedule",
 ]
-
-
-def one_thread(func):
-    """Decorator: run ``func`` with torch on one thread, restoring the caller's thread count afterwards."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return func(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-
-    return wrapper
 
 
 @contextlib.contextmanager
@@ -55,10 +39,10 @@ def masks_from(net: nn.Module, generator: torch.Generator | None):
     if generator is None:
         yield net
         return
-    modules = list(net.modules())
-    ours = [m for m in modules if hasattr(m, "generator") and hasattr(m, "p")]
+    dropouts = [m for m in net.modules() if is_dropout_module(m)]
+    ours = [m for m in dropouts if hasattr(m, "generator")]
     saved = [m.generator for m in ours]
-    torch_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in modules)
+    torch_dropout = len(ours) < len(dropouts)  # e.g. torch.nn.Dropout: it draws from the global RNG
     try:
         for m in ours:
             m.generator = generator
@@ -78,17 +62,13 @@ def _as_batch(obs) -> Tensor:
     return x.unsqueeze(0) if x.dim() == 1 else x
 
 
-@one_thread
+@torch_threads(1)
 @torch.no_grad()
 def _q_values(q_net: nn.Module, obs, training: bool, generator: torch.Generator | None) -> Tensor:
-    """Q-values (..., n_actions) with dropout on (train mode) or off (eval mode); the mode is restored."""
-    was_training = q_net.training
-    q_net.train(training)
-    try:
-        with masks_from(q_net, generator if training else None):
-            return q_net(_as_batch(obs))
-    finally:
-        q_net.train(was_training)
+    """Q-values (..., n_actions) with dropout on (train mode) or off (eval mode); the modes are restored."""
+    with restored_modes(q_net), masks_from(q_net, generator if training else None):
+        q_net.train(training)
+        return q_net(_as_batch(obs))
 
 
 def _actions(q: Tensor, obs) -> int | np.ndarray:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .actions import epsilon_greedy_action, masks_from, one_thread, thompson_action
+from ..config import torch_threads
+from .actions import epsilon_greedy_action, masks_from, thompson_action
 from .agents import QNetworkBatch
 
 __all__ = ["ContextualBandit", "run_bandits", "run_bandit", "exploration_floor"]
@@ -75,7 +76,7 @@ def exploration_floor(
     return float(epsilon * (means.max(axis=1) - means.mean(axis=1)).mean())
 
 
-@one_thread
+@torch_threads(1)
 def run_bandits(
     bandits: Sequence[ContextualBandit],
     policy: str = "thompson",

@@ -17,14 +17,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..config import seeded, torch_threads
 from ..models import QNetwork, QNetworkConfig
-from ..training import seeded
 from .actions import (
     epsilon_greedy_action,
     greedy_action,
     linear_schedule,
     masks_from,
-    one_thread,
     thompson_action,
 )
 from .cartpole import make_cartpole
@@ -149,7 +148,7 @@ def _td_step(q_net, target_net, optimizer, batch, gamma: float) -> float:
     return loss.item()
 
 
-@one_thread
+@torch_threads(1)
 def train_dqn(args: DQNArgs, train_physics: list[dict] | None = None, progress: bool = False) -> DQNResult:
     """Train DQN on one CartPole env per physics setting in ``train_physics``, stepped in lockstep.
 
@@ -221,7 +220,7 @@ def train_dqn(args: DQNArgs, train_physics: list[dict] | None = None, progress: 
     return result
 
 
-@one_thread
+@torch_threads(1)
 def evaluate_policy(
     q_net: nn.Module,
     physics: list[dict] | None = None,

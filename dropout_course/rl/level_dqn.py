@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .actions import linear_schedule, masks_from, one_thread
+from ..config import torch_threads
+from ..layers import restored_modes
+from .actions import linear_schedule, masks_from
 from .agents import QNetworkBatch
 from .levels import GridLevels
 
@@ -87,7 +89,7 @@ class LevelReplay:
         return s, a, torch.from_numpy(self.done[agents, idx]), s_next
 
 
-@one_thread
+@torch_threads(1)
 def train_level_agents(
     levels: GridLevels,
     agent_levels: Sequence[Sequence[int]],
@@ -164,7 +166,7 @@ def train_level_agents(
     return q_net.eval()
 
 
-@one_thread
+@torch_threads(1)
 @torch.no_grad()
 def success_rate(
     q_net: QNetworkBatch,
@@ -185,16 +187,12 @@ def success_rate(
     level = np.asarray(agent_levels, dtype=np.int64)
     if level.ndim != 2 or level.shape[0] != q_net.n_agents:
         raise ValueError(f"agent_levels must have shape ({q_net.n_agents}, n), got {level.shape}")
-    was_training = q_net.training
-    q_net.train(mode == "train")
     cell, solved = levels.start[level], np.zeros(level.shape, dtype=bool)
-    try:
-        with masks_from(q_net, generator if mode == "train" else None):
-            for _ in range(max_steps):
-                action = q_net(torch.from_numpy(levels.obs[level, cell])).argmax(dim=2).numpy()
-                next_cell, done = levels.step(level, cell, action)
-                cell = np.where(solved, cell, next_cell)
-                solved |= done
-    finally:
-        q_net.train(was_training)
+    with restored_modes(q_net), masks_from(q_net, generator if mode == "train" else None):
+        q_net.train(mode == "train")
+        for _ in range(max_steps):
+            action = q_net(torch.from_numpy(levels.obs[level, cell])).argmax(dim=2).numpy()
+            next_cell, done = levels.step(level, cell, action)
+            cell = np.where(solved, cell, next_cell)
+            solved |= done
     return solved.mean(axis=1)
