@@ -223,3 +223,16 @@ def test_mc_with_original_dropout_scaling_is_biased(grader):
 
     result = grader.check("monte_carlo_penalty", no_scale)
     assert "unbiased: the estimates average to the closed form" in failed(result)
+
+
+def test_the_theory_module_is_not_credited(grader):
+    from dropout_course import theory
+
+    def uses_theory(x, W, b, p):
+        exact = theory.exact_softmax_ensemble(x, W, b, p)
+        return exact
+
+    result = grader.check("ensemble_predictions", uses_theory)
+    assert result.score == 0 and "dropout_course.theory.exact_softmax_ensemble" in result.messages[0], (
+        "\n".join(result.messages)
+    )

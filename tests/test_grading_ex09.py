@@ -279,3 +279,17 @@ def test_fresh_dropout_bugs_fail_their_property(grader, cls, prop, diagnosis):
     result = grader.check("FreshDropout", cls)
     assert diagnosis in failed(result).get(prop, ""), result.messages
     assert not grader.check("FreshDropout_hidden", cls).passed
+
+
+def test_the_course_reference_and_torch_dropout_are_not_credited(grader):
+    from dropout_course.layers import Dropout
+    from dropout_course.uncertainty import mc_predict
+
+    for name in ("FreshDropout", "FreshDropout_hidden"):
+        for cls, finding in [(Dropout, "dropout_course.layers.Dropout"), (nn.Dropout, "torch.nn")]:
+            result = grader.check(name, cls)
+            assert result.score == 0 and finding in result.messages[0], "\n".join(result.messages)
+    result = grader.check("mc_predict", lambda model, x, T=50: mc_predict(model, x, T).mean(0))
+    assert result.score == 0 and "dropout_course.uncertainty.mc_predict" in result.messages[0], (
+        result.messages
+    )

@@ -25,7 +25,7 @@ import math
 import torch
 
 from .. import theory
-from .core import CheckContext, CheckSpec, Fail, Property, register
+from .core import CheckContext, CheckSpec, Fail, Originality, Property, register
 
 EXERCISE = "ex08_dropout_theory"
 
@@ -360,13 +360,52 @@ def _mc_properties() -> list[Property]:
     ]
 
 
-register(EXERCISE, CheckSpec("ensemble_predictions", _ensemble_properties(VISIBLE_ENSEMBLES)))
-register(EXERCISE, CheckSpec("dropout_penalty", _penalty_properties(VISIBLE_PENALTIES, with_type=True)))
-register(EXERCISE, CheckSpec("monte_carlo_penalty", _mc_properties()))
-register(
-    EXERCISE, CheckSpec("ensemble_predictions_hidden", _ensemble_properties(HIDDEN_ENSEMBLES), hidden=True)
+# the theory module computes what the tasks ask for: using it is not doing them
+_ORIGINALITY = Originality(
+    "compute it yourself",
+    tuple(
+        f"dropout_course.theory:{name}"
+        for name in (
+            "all_masks",
+            "mask_probabilities",
+            "subnetwork_log_probs",
+            "normalized_geometric_mean",
+            "arithmetic_mean",
+            "exact_softmax_ensemble",
+            "dropout_penalty",
+            "expected_dropout_loss",
+            "monte_carlo_dropout_loss",
+            "dropout_ridge_solution",
+        )
+    ),
+    torch_dropout=False,
 )
 register(
     EXERCISE,
-    CheckSpec("dropout_penalty_hidden", _penalty_properties(HIDDEN_PENALTIES, with_type=False), hidden=True),
+    CheckSpec("ensemble_predictions", _ensemble_properties(VISIBLE_ENSEMBLES), originality=_ORIGINALITY),
+)
+register(
+    EXERCISE,
+    CheckSpec(
+        "dropout_penalty", _penalty_properties(VISIBLE_PENALTIES, with_type=True), originality=_ORIGINALITY
+    ),
+)
+register(EXERCISE, CheckSpec("monte_carlo_penalty", _mc_properties(), originality=_ORIGINALITY))
+register(
+    EXERCISE,
+    CheckSpec(
+        "ensemble_predictions_hidden",
+        _ensemble_properties(HIDDEN_ENSEMBLES),
+        hidden=True,
+        originality=_ORIGINALITY,
+    ),
+)
+register(
+    EXERCISE,
+    CheckSpec(
+        "dropout_penalty_hidden",
+        _penalty_properties(HIDDEN_PENALTIES, with_type=False),
+        hidden=True,
+        originality=_ORIGINALITY,
+    ),
 )

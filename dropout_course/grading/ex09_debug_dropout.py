@@ -23,7 +23,8 @@ from torch import nn
 
 from ..layers import is_dropout_module
 from ..practice import leaf_modules
-from .core import CheckContext, CheckSpec, Fail, Property, register
+from .core import CheckContext, CheckSpec, Fail, Originality, Property, register
+from .ex01_inverted_dropout import REFERENCES
 
 EXERCISE = "ex09_debug_dropout"
 
@@ -339,8 +340,20 @@ def _mc_properties(n: int, p: float, seed: int) -> list[Property]:
     ]
 
 
-register(EXERCISE, CheckSpec("mc_predict", _mc_properties(64, 0.5, 11)))
-register(EXERCISE, CheckSpec("mc_predict_hidden", _mc_properties(7, 0.2, 21), hidden=True))
+_MC_ORIGINALITY = Originality(
+    "fix MC-dropout prediction yourself",
+    (
+        "dropout_course.uncertainty:mc_predict",
+        "dropout_course.uncertainty:mc_predict_loop",
+        "dropout_course.uncertainty:mc_dropout_mode",
+    ),
+    torch_dropout=False,
+)
+register(EXERCISE, CheckSpec("mc_predict", _mc_properties(64, 0.5, 11), originality=_MC_ORIGINALITY))
+register(
+    EXERCISE,
+    CheckSpec("mc_predict_hidden", _mc_properties(7, 0.2, 21), hidden=True, originality=_MC_ORIGINALITY),
+)
 
 
 # --------------------------------------------------------------------------- a fresh mask per call
@@ -413,5 +426,16 @@ def _fresh_properties(shape, p: float) -> list[Property]:
     ]
 
 
-register(EXERCISE, CheckSpec("FreshDropout", _fresh_properties((64, 200), 0.3)))
-register(EXERCISE, CheckSpec("FreshDropout_hidden", _fresh_properties((16, 3, 40), 0.7), hidden=True))
+_FRESH_ORIGINALITY = Originality("write the dropout module yourself", REFERENCES)
+register(
+    EXERCISE, CheckSpec("FreshDropout", _fresh_properties((64, 200), 0.3), originality=_FRESH_ORIGINALITY)
+)
+register(
+    EXERCISE,
+    CheckSpec(
+        "FreshDropout_hidden",
+        _fresh_properties((16, 3, 40), 0.7),
+        hidden=True,
+        originality=_FRESH_ORIGINALITY,
+    ),
+)
