@@ -702,3 +702,19 @@ def test_wrong_attention_loses_hidden_points_too(grader, fn):
 def test_wrong_drop_path_loses_hidden_points_too(grader, fn):
     result = grader.check("drop_path_hidden", fn)
     assert result.score < result.max_score, _text(result)
+
+
+def test_static_scan_flags_sdpa_only_with_dropout(grader):
+    from dropout_course.grading.detect import scan_source
+
+    originality = grader.specs["attention_with_dropout"].originality
+    head = "import torch.nn.functional as F\n"
+    with_p = (
+        head
+        + "def f(q, k, v, p, training=True):\n    return F.scaled_dot_product_attention(q, k, v, dropout_p=p)\n"
+    )
+    without = head + "def f(q, k, v, p, training=True):\n    return F.scaled_dot_product_attention(q, k, v)\n"
+    assert scan_source(with_p, originality, "f") == [
+        "torch.nn.functional.scaled_dot_product_attention(dropout_p=...)"
+    ]
+    assert scan_source(without, originality, "f") == []

@@ -300,12 +300,7 @@ class _Scanner(ast.NodeVisitor):
         parts = dotted.split(".")
         if self.originality.torch_dropout and parts[0] == "torch":
             last = parts[-1].split("(")[0]
-            if (
-                last in TORCH_DROPOUT_NAMES
-                or last in TORCH_DROPOUT_CLASSES
-                or last == "_VF"
-                or (self.originality.forbid_sdpa and last == "scaled_dot_product_attention")
-            ):
+            if last in TORCH_DROPOUT_NAMES or last in TORCH_DROPOUT_CLASSES or last == "_VF":
                 self.findings.append(dotted)
         if parts[0] == "dropout_course":
             if dotted.startswith("dropout_course.grading") and dotted not in (
@@ -335,6 +330,12 @@ class _Scanner(ast.NodeVisitor):
         func = node.func
         name = func.id if isinstance(func, ast.Name) else None
         dotted = self._dotted(func) if isinstance(func, ast.Attribute) else None
+        target = dotted or (self.aliases.get(name) if name else None) or ""
+        if self.originality.forbid_sdpa and target.endswith("scaled_dot_product_attention"):
+            p = next((k.value for k in node.keywords if k.arg == "dropout_p"), None)
+            p = node.args[4] if p is None and len(node.args) > 4 else p
+            if p is not None and not (isinstance(p, ast.Constant) and p.value in (0, 0.0)):
+                self.findings.append(f"{target}(dropout_p=...)")
         if name in _DYNAMIC and name not in self.aliases:
             self.findings.append(f"{name}() (code built at run time)")
         if dotted in ("importlib.import_module", "importlib.__import__", "builtins.exec", "builtins.eval"):
