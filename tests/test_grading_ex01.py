@@ -852,3 +852,27 @@ def test_functions_defined_by_exec_are_not_credited(grader):
     exec(_SOLUTION, namespace)  # what running the source notebook's solution cells amounts to
     result = grader.check("dropout_forward", namespace["dropout_forward"])
     assert result.score == 0 and "exec()" in result.messages[0], result.messages
+
+
+def test_turning_off_the_tracing_is_named(grader):
+    source = (
+        "import torch\nimport torch.nn.functional as F\n"
+        "def dropout_forward(x, p, training=True):\n"
+        "    with torch._C.DisableTorchFunction():\n"
+        "        return F.dropout(x, p, training)\n"
+    )
+    names = scan_source(source, grader.specs["dropout_forward"].originality, "dropout_forward")
+    assert any("turns off the grader's tracing" in n for n in names), names
+
+
+def cheat_hidden_from_the_mode(x, p, training=True):
+    with torch._C.DisableTorchFunction():
+        return _SAVED_VF(x, p, training)
+
+
+def test_a_call_hidden_from_the_trace_is_still_caught(grader):
+    result = grader.check("dropout_forward", cheat_hidden_from_the_mode)
+    assert result.score == 0, "\n".join(result.messages)
+    assert "turns off the grader's tracing" in result.messages[0] or "bit-for-bit" in result.messages[0]
+    finding = _fingerprint(grader, "dropout_forward", cheat_hidden_from_the_mode)
+    assert finding and "torch's dropout" in finding, finding

@@ -58,6 +58,7 @@ TORCH_DROPOUT_CLASSES = frozenset(
 TORCH_ERROR_TEXT = "dropout probability has to be between 0 and 1"
 COURSE_ERROR_TEXT = "(the chance of dropping)"
 _DYNAMIC = {"exec", "eval", "compile", "__import__"}
+_TAMPERING = ("DisableTorchFunction", "_disabled_torch_function", "setprofile", "settrace", "_pop_mode")
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,8 @@ class _Scanner(ast.NodeVisitor):
 
     def _judge(self, dotted: str) -> None:
         parts = dotted.split(".")
+        if any(word in parts[-1] for word in _TAMPERING):
+            self.findings.append(f"{dotted} (turns off the grader's tracing)")
         if self.originality.torch_dropout and parts[0] == "torch":
             last = parts[-1].split("(")[0]
             if last in TORCH_DROPOUT_NAMES or last in TORCH_DROPOUT_CLASSES or last == "_VF":
