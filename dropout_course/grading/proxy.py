@@ -7,7 +7,7 @@ a request ("call object #3 with these arguments") and the reply is decoded witho
 * results: tensors, arrays, numbers, strings and containers of them, rebuilt in the judge;
 * gradients: when an argument needs them, the result is tied to it by an autograd function whose
   backward asks the worker for the vector-Jacobian product of that call;
-* modules: a :class:`RemoteModule` is a real ``nn.Module`` mirroring the learner's module (class names,
+* modules: a :class:`~.mirror.RemoteModule` is a real ``nn.Module`` mirroring the learner's module (class names,
   sub-modules, parameters, buffers, train/eval flags); its calls run remotely, the judge's changes to the
   mirror (``copy_`` into a parameter, an optimiser step, ``.train()``) are sent before the next call and
   the worker's state comes back after it;
@@ -19,8 +19,6 @@ a request ("call object #3 with these arguments") and the reply is decoded witho
 
 from __future__ import annotations
 
-import builtins
-import dataclasses
 import sys
 import time
 
@@ -29,38 +27,12 @@ import torch
 from torch import nn
 
 from . import wire
+from .mirror import RemoteModule, module_class, rebuild_module, trusted
+from .wire import WorkerLost, remote_exception
 
-# objects the judge uses as its own when the worker names them: the course's code (not the grading package)
-# and torch's modules. Nothing is imported for the worker: the module must already be loaded here.
-TRUSTED_PREFIXES = ("dropout_course.", "torch.nn.")
-UNTRUSTED_PREFIXES = ("dropout_course.grading",)
+__all__ = ["Client", "RemoteFunction", "RemoteModule", "RemoteObject", "WorkerLost"]
+
 DEFAULT_DEADLINE = 60.0
-
-
-class WorkerLost(Exception):
-    """The worker died, hung past its deadline, or answered nonsense; it was killed."""
-
-
-_EXC_CLASSES: dict[str, type] = {}
-
-
-def remote_exception(info: dict) -> BaseException:
-    """An exception of the learner's exception's class name (builtins are the real classes)."""
-    name = str(info.get("type", "Exception"))
-    message = str(info.get("message", ""))
-    where = str(info.get("where", ""))
-    text = message.splitlines()[0] if message.strip() else ""
-    if where:
-        text = f"{text} ({where})" if text else f"({where})"
-    cls = getattr(builtins, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Exception)):
-        cls = _EXC_CLASSES.setdefault(
-            name, type(name if name.isidentifier() else "RemoteError", (Exception,), {})
-        )
-    try:
-        return cls(text)
-    except Exception:  # noqa: BLE001 - an exception class with another signature
-        return RuntimeError(f"{name}: {text}")
 
 
 class Client:
@@ -115,11 +87,11 @@ class Client:
     def proxy(self, desc: dict):
         kind = desc.get("kind")
         if kind == "trusted":
-            return _trusted(str(desc["module"]), str(desc["qualname"]))
+            return trusted(str(desc["module"]), str(desc["qualname"]))
         if kind == "tmodule":
             return rebuild_module(desc["tree"])
         if kind == "module":
-            cls = _module_class(str(desc["tree"]["cls_module"]), str(desc["tree"]["cls_name"]))
+            cls = module_class(str(desc["tree"]["cls_module"]), str(desc["tree"]["cls_name"]))
             module = cls.__new__(cls)
             nn.Module.__init__(module)
             module._attach(self, int(desc["id"]), desc["tree"])
@@ -370,64 +342,6 @@ def _apply_mutations(changes: list, args, kwargs) -> None:
             continue
 
 
-def trusted_allowed(module: str) -> bool:
-    return module.startswith(TRUSTED_PREFIXES) and not module.startswith(UNTRUSTED_PREFIXES)
-
-
-def _trusted(module: str, qualname: str, kind: type | None = None):
-    """The judge's own object ``module.qualname`` (already loaded; of type ``kind`` if given)."""
-    loaded = sys.modules.get(module)
-    if not trusted_allowed(module) or loaded is None:
-        raise WorkerLost(f"refused to use {module}.{qualname} for the worker")
-    obj = loaded
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-    if (
-        obj is None
-        or not callable(obj)
-        or (kind is not None and not (isinstance(obj, type) and issubclass(obj, kind)))
-    ):
-        raise WorkerLost(f"refused to use {module}.{qualname} for the worker")
-    return obj
-
-
-def _plain_value(value):
-    if isinstance(value, dict) and value.get("$") in ("tuple", "list"):
-        items = [_plain_value(v) for v in value["items"]]
-        return tuple(items) if value["$"] == "tuple" else items
-    if isinstance(value, dict) and value.get("$") == "dataclass":
-        cls = _trusted(*[str(v) for v in value["cls"]], kind=object)
-        if not dataclasses.is_dataclass(cls):
-            raise WorkerLost("a module attribute that is not a dataclass")
-        return cls(**{str(k): _plain_value(v) for k, v in value["fields"].items()})
-    if isinstance(value, (type(None), bool, int, float, str)):
-        return value
-    raise WorkerLost(f"unexpected module attribute {type(value).__name__}")
-
-
-def rebuild_module(tree: dict) -> nn.Module:
-    """A module of torch's/the course's classes rebuilt in the judge from plain data (no learner code)."""
-    cls = _trusted(*[str(v) for v in tree["cls"]], kind=nn.Module)
-    module = cls.__new__(cls)
-    nn.Module.__init__(module)
-    for key, value in dict(tree.get("attrs", {})).items():
-        module.__dict__[str(key)] = _plain_value(value)
-    module.training = bool(tree.get("training", True))
-    grads = dict(tree.get("grads", {}))
-    for key, value in dict(tree.get("params", {})).items():
-        module._parameters[key] = (
-            None if value is None else nn.Parameter(value, requires_grad=bool(grads.get(key)))
-        )
-    persistent = set(tree.get("persistent", []))
-    for key, value in dict(tree.get("buffers", {})).items():
-        module._buffers[key] = value
-        if key not in persistent:
-            module._non_persistent_buffers_set.add(key)
-    for key, child in dict(tree.get("children", {})).items():
-        module._modules[key] = None if child is None else rebuild_module(child)
-    return module
-
-
 class RemoteFunction:
     """A learner's function: calling it calls it in the worker."""
 
@@ -520,148 +434,3 @@ def _class_proxy(client: Client, desc: dict) -> type:
     cls.__qualname__ = str(desc.get("qualname") or name)
     cls._remote_class = class_id
     return cls
-
-
-def _module_class(module: str, name: str) -> type:
-    key = ("module", module, name)
-    cls = _CLASSES.get(key)
-    if cls is None:
-        cls = type(name if name.isidentifier() else "RemoteModule", (RemoteModule,), {})
-        cls.__module__ = module
-        _CLASSES[key] = cls
-    return cls
-
-
-class _Part(nn.Module):
-    """A sub-module of a learner's module, mirrored (structure and state only; the whole module runs)."""
-
-    def forward(self, *args, **kwargs):
-        raise RuntimeError("a part of the learner's module cannot be called on its own in the judge")
-
-
-_PART_CLASSES: dict[tuple, type] = {}
-
-
-def _part_class(module: str, name: str) -> type:
-    key = (module, name)
-    if key not in _PART_CLASSES:
-        cls = type(name if name.isidentifier() else "Part", (_Part,), {})
-        cls.__module__ = module
-        _PART_CLASSES[key] = cls
-    return _PART_CLASSES[key]
-
-
-def _sync_params(local: nn.Module, tree: dict, exports: dict) -> None:
-    """Parameters: the judge's own where they came from the judge, else kept objects updated in place."""
-    grads = dict(tree.get("grads", {}))
-    origins = dict(tree.get("origins", {}))
-    ids = dict(tree.get("param_ids", {}))
-    for name, value in dict(tree.get("params", {})).items():
-        current = local._parameters.get(name)
-        origin = _origin_param(origins.get(name), exports)
-        if value is None:
-            local._parameters[name] = None
-            continue
-        if origin is not None:
-            local._parameters[name] = current = origin
-        same_object = origin is not None or local.__dict__.get("_param_ids", {}).get(name) == ids.get(name)
-        if isinstance(current, nn.Parameter) and same_object and current.shape == value.shape:
-            if not torch.equal(current.detach(), value.to(current.dtype)):
-                with torch.no_grad():
-                    current.copy_(value)
-        else:
-            local._parameters[name] = nn.Parameter(value, requires_grad=bool(grads.get(name, True)))
-    for name in [n for n in local._parameters if n not in tree.get("params", {})]:
-        del local._parameters[name]
-    local.__dict__["_param_ids"] = ids
-
-
-def _sync_module(local: nn.Module, tree: dict, exports: dict) -> None:
-    """Make ``local`` mirror the worker's module ``tree`` (mode, parameters, buffers, sub-modules)."""
-    local.training = bool(tree.get("training", True))
-    _sync_params(local, tree, exports)
-    for name, value in dict(tree.get("buffers", {})).items():
-        current = local._buffers.get(name)
-        if value is not None and isinstance(current, torch.Tensor) and current.shape == value.shape:
-            if current.dtype == value.dtype:
-                current.copy_(value)
-                continue
-        local._buffers[name] = value
-    for name in [n for n in local._buffers if n not in tree.get("buffers", {})]:
-        del local._buffers[name]
-    children = dict(tree.get("children", {}))
-    for name, child in children.items():
-        if child is None:
-            local._modules[name] = None
-            continue
-        cls = _part_class(str(child["cls_module"]), str(child["cls_name"]))
-        if type(local._modules.get(name)) is not cls:
-            local._modules[name] = cls()
-        _sync_module(local._modules[name], child, exports)
-    for name in [n for n in local._modules if n not in children]:
-        del local._modules[name]
-
-
-def _origin_param(origin, exports: dict):
-    """The judge's own parameter that the worker's parameter came from (None if it is the learner's)."""
-    if not origin:
-        return None
-    try:
-        return exports[int(origin[0])].get_parameter(str(origin[1]))
-    except (KeyError, AttributeError, ValueError, TypeError):
-        return None
-
-
-class RemoteModule(nn.Module):
-    """A learner's ``nn.Module`` instance living in the worker, mirrored here (see the module docstring)."""
-
-    def _attach(self, client: Client, hid: int, tree: dict) -> None:
-        self.__dict__["_client"] = client
-        self.__dict__["_hid"] = hid
-        self._sync(tree)
-
-    def _sync(self, tree: dict) -> None:
-        _sync_module(self, tree, self._client.exports)
-        self.__dict__["_synced"] = self._state_key()
-
-    def _state_key(self):
-        return (
-            tuple((n, id(p), p._version) for n, p in self.named_parameters()),
-            tuple((n, id(b), b._version) for n, b in self.named_buffers()),
-            tuple((n, m.training) for n, m in self.named_modules()),
-        )
-
-    def _push(self) -> None:
-        """Send the judge's changes to the mirror (parameters, buffers, modes) to the worker."""
-        if self.__dict__.get("_synced") == self._state_key():
-            return
-        state = {
-            "params": {n: p.detach().clone() for n, p in self.named_parameters()},
-            "buffers": {n: b.detach().clone() for n, b in self.named_buffers()},
-            "training": {n: m.training for n, m in self.named_modules()},
-        }
-        reply = self._client.request("set_state", wire.Ref(self._hid), state)
-        if not reply.get("ok"):
-            raise remote_exception(reply.get("error", {}))
-        self.__dict__["_synced"] = self._state_key()
-
-    def forward(self, *args, **kwargs):
-        return self._client.call(self._hid, "__call__", args, kwargs, module=self)
-
-    def train(self, mode: bool = True):
-        self._push()
-        self._client.call(self._hid, "train", (bool(mode),), {}, module=self)
-        return self
-
-    def __deepcopy__(self, memo):
-        self._push()
-        reply = self._client.request("deepcopy", wire.Ref(self._hid))
-        if not reply.get("ok"):
-            raise remote_exception(reply.get("error", {}))
-        return self._client.decode(reply["value"])
-
-    def __reduce_ex__(self, protocol):
-        return (wire.Ref, (self._hid,))
-
-    def extra_repr(self) -> str:
-        return "runs in the grading worker"

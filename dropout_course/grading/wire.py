@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import pickle
@@ -31,6 +32,32 @@ class ChannelClosed(Exception):
 
 class ChannelTimeout(Exception):
     """No reply within the deadline."""
+
+
+class WorkerLost(Exception):
+    """The worker died, hung past its deadline, or answered nonsense; it was killed."""
+
+
+_EXC_CLASSES: dict[str, type] = {}
+
+
+def remote_exception(info: dict) -> BaseException:
+    """An exception of the learner's exception's class name (builtins are the real classes)."""
+    name = str(info.get("type", "Exception"))
+    message = str(info.get("message", ""))
+    where = str(info.get("where", ""))
+    text = message.splitlines()[0] if message.strip() else ""
+    if where:
+        text = f"{text} ({where})" if text else f"({where})"
+    cls = getattr(builtins, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        cls = _EXC_CLASSES.setdefault(
+            name, type(name if name.isidentifier() else "RemoteError", (Exception,), {})
+        )
+    try:
+        return cls(text)
+    except Exception:  # noqa: BLE001 - an exception class with another signature
+        return RuntimeError(f"{name}: {text}")
 
 
 @dataclass(frozen=True)
