@@ -8,7 +8,8 @@ How the pieces fit (each is its own module):
 * a judge (:mod:`.judge`) grades one submission at a time: it plans it from the notebook's JSON and the
   *source* notebook (:mod:`.plan`), runs the learner's cells in a disposable sandboxed worker
   (:mod:`.sandbox`, :mod:`.worker`) and computes every check itself, on proxies of the learner's objects
-  (:mod:`.proxy`) whose results come back through a decoder that never unpickles (:mod:`.wire`);
+  (:mod:`.proxy`, :mod:`.mirror`) whose results come back as plain data (:mod:`.encoding`) through a
+  decoder that never unpickles (:mod:`.wire`);
 * the judge streams each check's score as soon as it is judged, so points already earned survive a
   judge that dies or runs past its hard limit (the row is then ``incomplete``);
 * after every row this process checks that the course package and the submission files are unchanged
