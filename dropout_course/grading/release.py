@@ -223,12 +223,24 @@ def release(
 
 
 def solution_and_hidden_lines(nb) -> list[str]:
-    """Every non-blank line inside a solution or hidden-test region of a source notebook (for tests)."""
-    lines: list[str] = []
+    """Every line inside a solution or hidden-test region of a source notebook that would give something away.
+
+    Blank lines, lines without a letter or digit (``)``, ``]``) and lines the source already shows outside
+    its regions (e.g. the buggy script of a debugging exercise, shown to learners on purpose) are left out.
+    """
+    secret: list[str] = []
+    public: set[str] = set()
     for cell in nb.cells:
-        for begin, end in ((BEGIN_SOLUTION, END_SOLUTION), (BEGIN_HIDDEN, END_HIDDEN)):
-            for match in re.finditer(
-                rf"^[ \t]*{re.escape(begin)}[ \t]*\n(.*?)^[ \t]*{re.escape(end)}", cell.source, re.S | re.M
-            ):
-                lines += [ln.strip() for ln in match.group(1).split("\n") if ln.strip()]
-    return lines
+        outside = cell.source
+        for pattern in _REGIONS:
+            for match in pattern.finditer(cell.source):
+                secret += [ln.strip() for ln in match.group(1).split("\n") if re.search(r"\w", ln)]
+            outside = pattern.sub("", outside)
+        public.update(ln.strip() for ln in outside.split("\n"))
+    return [ln for ln in secret if ln not in public]
+
+
+_REGIONS = [
+    re.compile(rf"^[ \t]*{re.escape(begin)}[ \t]*\n(.*?)^[ \t]*{re.escape(end)}", re.S | re.M)
+    for begin, end in ((BEGIN_SOLUTION, END_SOLUTION), (BEGIN_HIDDEN, END_HIDDEN))
+]
