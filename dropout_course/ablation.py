@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .layers import restored_modes
 from .models import MLP
 
 __all__ = ["forward_with_units_removed", "ablation_curve", "area_under_curve"]
@@ -48,9 +49,8 @@ def forward_with_units_removed(model: MLP, x: Tensor, keep: Sequence[Tensor]) ->
     if len(keep) != len(widths) or any(k.shape != (w,) for k, w in zip(keep, widths, strict=False)):
         shapes = [tuple(k.shape) for k in keep]
         raise ValueError(f"keep must hold one mask per hidden layer with shapes {widths}, got {shapes}")
-    was_training = model.training
-    model.eval()
-    try:
+    with restored_modes(model):
+        model.eval()
         h = x.flatten(1)
         layer = 0
         for module in model.hidden:
@@ -59,8 +59,6 @@ def forward_with_units_removed(model: MLP, x: Tensor, keep: Sequence[Tensor]) ->
                 h = h * keep[layer].to(h.dtype)
                 layer += 1
         return model.head(h)
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()

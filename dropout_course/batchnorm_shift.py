@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .layers import Dropout, check_probability
+from .layers import Dropout, check_probability, is_dropout_module
 
 __all__ = ["bn_stack", "BNVariances", "bn_variances", "predicted_train_variance", "recalibrate_bn"]
 
@@ -127,15 +127,11 @@ class BNVariances:
         return self._median(self.running / self.test)
 
 
-def _dropout_modules(net: nn.Module) -> list[nn.Module]:
-    return [m for m in net.modules() if isinstance(m, (Dropout, nn.Dropout))]
-
-
 @torch.no_grad()
 def _record(net: nn.Sequential, X: Tensor, dropout_on: bool) -> dict[int, Tensor]:
     """The input of every module of ``net`` (by position) in one forward pass over ``X``."""
     net.eval()
-    for m in _dropout_modules(net):
+    for m in filter(is_dropout_module, net.modules()):
         m.train(dropout_on)  # dropout sampled or not; BatchNorm stays in eval mode (running statistics)
     seen: dict[int, Tensor] = {}
     handles = [
@@ -169,7 +165,7 @@ def bn_variances(net: nn.Sequential, X: Tensor) -> list[BNVariances]:
         if i == 0 or not isinstance(net[i - 1], nn.Linear):
             raise ValueError(f"BatchNorm1d at position {i} does not follow a Linear layer")
         linear = net[i - 1]
-        has_dropout = i >= 2 and isinstance(net[i - 2], (Dropout, nn.Dropout))
+        has_dropout = i >= 2 and is_dropout_module(net[i - 2])
         p, source = (float(net[i - 2].p), i - 2) if has_dropout else (0.0, i - 1)
         result.append(
             BNVariances(

@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 from torch import nn
 
+from .config import seeded
 from .data import DataSplits
-from .training import evaluate, fit, seeded
+from .training import evaluate, fit
 
 __all__ = ["final_scores", "paired_difference"]
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import torch_threads
 from .detect import Originality, Trace, candidate_source, defined_by_exec, scan_source
 
 RESULTS_ENV_VAR = "DROPOUT_COURSE_RESULTS"
@@ -77,24 +78,6 @@ class Property:
     points: float
     test: Callable[[CheckContext], None]
     tags: frozenset[str] = frozenset()
-
-
-@contextmanager
-def one_torch_thread():
-    """Run a block with torch on one thread (the count is restored after).
-
-    Checks run tiny tensors and networks: one thread is as fast for them, and it does not compete with
-    other processes for the cores (multi-threaded kernels on tiny tensors spend more time waking threads
-    than computing).
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def fail_if_torch_dropout_module(module, verb: str, fix: str) -> None:
@@ -451,7 +434,7 @@ class CheckContext:
                 return "uses " + ", ".join(names)
         if originality.fingerprint is not None:
             try:
-                with preserved_global_rngs(self.seed), one_torch_thread():
+                with preserved_global_rngs(self.seed), torch_threads(1):
                     return originality.fingerprint(self)
             except Fail:
                 return None
@@ -592,7 +575,7 @@ class Grader:
         for prop in spec.properties:
             passed, diagnosis = False, ""
             try:
-                with preserved_global_rngs(self.seed), one_torch_thread():
+                with preserved_global_rngs(self.seed), torch_threads(1):
                     prop.test(ctx)
                 passed = True
             except Fail as exc:

@@ -17,7 +17,7 @@ Checks:
 * ``validation_improvement_hidden``: the same on another data split with other seeds.
 
 Every test runs on one thread, inside the grader's seeded and restored RNG state; the learner's model is
-built by the learner's function inside ``training.seeded(seed)`` and trained as a deep copy.
+built by the learner's function inside ``config.seeded(seed)`` and trained as a deep copy.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import functools
 
 from torch import nn
 
+from ..config import seeded, torch_threads
 from ..data import load_mnist
-from ..training import evaluate, fit, seeded
-from .core import CheckSpec, Fail, Originality, Property, one_torch_thread, register
+from ..training import evaluate, fit
+from .core import CheckSpec, Fail, Originality, Property, register
 from .mlp_structure import (
     HIDDEN,
     IN_FEATURES,
@@ -215,7 +216,7 @@ def _final(model: nn.Module, data_seed: int, seed: int) -> tuple[float, float, f
 @functools.lru_cache(maxsize=8)
 def plain_run(data_seed: int, seed: int) -> tuple[float, float, float]:
     """The plain network's final (train loss, val loss, val accuracy) for one split and seed (cached)."""
-    with one_torch_thread(), seeded(seed):  # the same thread count as the learner's runs in a check
+    with torch_threads(1), seeded(seed):  # the same thread count as the learner's runs in a check
         model = plain_mlp()
         return _final(model, data_seed, seed)
 

@@ -18,9 +18,9 @@ import math
 import torch
 from torch import nn
 
+from ..config import seeded
 from ..data import load_mnist
-from ..training import seeded
-from ..uncertainty import DROPOUT_TYPES
+from ..layers import is_dropout_module, restored_modes
 from .core import Fail
 
 IN_FEATURES, HIDDEN, N_CLASSES = 784, (256, 256), 10
@@ -44,7 +44,7 @@ __all__ = [
 
 
 def _is_dropout(module: nn.Module) -> bool:
-    if isinstance(module, DROPOUT_TYPES):
+    if is_dropout_module(module):
         return True
     return "dropout" in type(module).__name__.lower() and not any(True for _ in module.children())
 
@@ -74,16 +74,13 @@ def trace_sites(model: nn.Module, x: torch.Tensor) -> tuple[list[nn.Linear], lis
         for m in model.modules()
         if isinstance(m, nn.Linear) or _is_dropout(m)
     ]
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with restored_modes(model), torch.no_grad():
+            model.eval()
             model(x)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
     linears: list[nn.Linear] = []
     sites: list[list[float]] = [[]]
     for module in calls:
@@ -192,16 +189,13 @@ def _between_linears(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tens
         if isinstance(m, nn.Linear):
             handles.append(m.register_forward_pre_hook(lambda mod, args: events.append(("in", args[0]))))
             handles.append(m.register_forward_hook(lambda mod, args, out: events.append(("out", out))))
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with restored_modes(model), torch.no_grad():
+            model.eval()
             model(x)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
     pairs = []
     for (kind_a, a), (kind_b, b) in zip(events, events[1:], strict=False):
         if kind_a == "out" and kind_b == "in":
