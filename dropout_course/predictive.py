@@ -3,7 +3,7 @@ r"""The Gaussian predictive distribution of MC-dropout regression (Gal & Ghahram
 Gal & Ghahramani read a network trained with dropout (keep probability :math:`1 - p`) and weight decay
 :math:`\lambda` as approximate variational inference in a Bayesian network with a Gaussian prior
 :math:`\mathcal{N}(0, l^{-2} I)` on the weights (length-scale :math:`l`) and a Gaussian likelihood with
-precision :math:`\tau`. Its predictive distribution has mean and variance (their eq. 7-8)
+precision :math:`\tau`. Its predictive distribution has mean and variance (their section 4)
 
 .. math::
     \mathbb{E}[y^*] \approx \frac{1}{T}\sum_t f_{\omega_t}(x^*), \qquad
