@@ -86,12 +86,27 @@ def _check_threads(n) -> int:
 
 
 def set_threads(n: int | None = None) -> int:
-    """Set PyTorch's intra-op thread count (default: the number of usable CPU cores); return it."""
+    """Set PyTorch's intra-op thread count; return it.
+
+    The default is ``$OMP_NUM_THREADS`` when it is set to a positive integer (a test runner that runs
+    notebooks side by side sets it, so that their threads do not outnumber the cores: small models slow
+    down several times when they do), else the number of usable CPU cores.
+    """
     if n is None:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = _threads_from_environment() or _usable_cores()
     n = _check_threads(n)
     torch.set_num_threads(n)
     return n
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _threads_from_environment() -> int | None:
+    """``$OMP_NUM_THREADS`` as a positive int, or None when it is unset or not a positive integer."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 @contextlib.contextmanager

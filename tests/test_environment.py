@@ -37,3 +37,24 @@ def test_ci_and_readme_run_the_same_test_command():
     assert ci.index("\nmake check\n") < ci.index("\nmake test")
     pytest_args = re.search(r"^test: .*\n\t\$\(BIN\)/python -m (pytest .*)$", makefile, re.M).group(1)
     assert f"`{pytest_args}`" in " ".join(readme.split()), f"README does not show `{pytest_args}`"
+
+
+def test_set_threads_default_follows_omp_num_threads(monkeypatch):
+    """Notebooks call set_threads(): under a parallel test runner ($OMP_NUM_THREADS set) they must not
+    start more threads than their share of the cores."""
+    import torch
+
+    from dropout_course.config import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+        import os
+
+        assert set_threads() == len(os.sched_getaffinity(0))
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert set_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
