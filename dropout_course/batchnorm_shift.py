@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .config import seeded
 from .layers import Dropout, check_probability, is_dropout_module
 
 __all__ = ["bn_stack", "BNVariances", "bn_variances", "predicted_train_variance", "recalibrate_bn"]
@@ -147,17 +148,21 @@ def _record(net: nn.Sequential, X: Tensor, dropout_on: bool) -> dict[int, Tensor
     return seen
 
 
-def bn_variances(net: nn.Sequential, X: Tensor) -> list[BNVariances]:
+def bn_variances(net: nn.Sequential, X: Tensor, seed: int = 0) -> list[BNVariances]:
     """Measured and predicted variances of every BatchNorm layer's input over ``X``, in depth order.
 
     With dropout on, each Dropout module samples masks while every BatchNorm uses its running statistics,
     so the pass reproduces the training distribution of every layer's input (up to batch statistics).
     The network is left in eval mode. ``net`` must be an ``nn.Sequential`` in which every BatchNorm1d
     follows a Linear layer, itself optionally preceded by a Dropout (as :func:`bn_stack` builds it).
+    The masks are drawn inside ``config.seeded(seed)``: the same call gives the same numbers, and the
+    caller's random state is left as it was.
     """
     if not isinstance(net, nn.Sequential):
         raise TypeError(f"net must be an nn.Sequential, got {type(net).__name__}")
-    on, off = _record(net, X, True), _record(net, X, False)
+    with seeded(seed):
+        on = _record(net, X, True)
+    off = _record(net, X, False)
     result = []
     for i, m in enumerate(net):
         if not isinstance(m, nn.BatchNorm1d):

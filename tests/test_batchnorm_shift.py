@@ -101,3 +101,18 @@ def test_recalibrate_bn_removes_the_shift_and_restores_momentum():
         recalibrate_bn(nn.Sequential(nn.Linear(2, 2)), X[:, :2])
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         recalibrate_bn(net, X, batch_size=0)
+
+
+def test_bn_variances_is_reproducible_and_leaves_the_global_rng_alone():
+    import torch
+
+    from dropout_course.batchnorm_shift import bn_stack, bn_variances
+
+    torch.manual_seed(0)
+    net = bn_stack(2, 0.5, dropout_before_bn=True, width=16)
+    x = torch.randn(256, 784)
+    state = torch.get_rng_state()
+    first = [v.shift for v in bn_variances(net, x, seed=3)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert [v.shift for v in bn_variances(net, x, seed=3)] == first
+    assert [v.shift for v in bn_variances(net, x, seed=4)] != first  # the control: the seed decides the masks
