@@ -60,14 +60,18 @@ class Sandbox:
             return False
         return pid == 0
 
+    def _other_running(self) -> int:
+        """How many processes of the sandbox other than the worker itself are running."""
+        pids = _pids_of_uid(self.uid) if self.uid is not None else _pids_of_group(self.pid)
+        return len([p for p in _running(pids) if p != self.pid])
+
     def kill(self) -> int:
         """Kill the worker, its process group and (as root) every process of its uid; return how many
         *other* processes were still running (detached or background ones)."""
-        others = 0
-        if self.uid is not None:
-            others = len([p for p in _pids_of_uid(self.uid) if p != self.pid])
-        else:
-            others = len([p for p in _pids_of_group(self.pid) if p != self.pid])
+        others = self._other_running()
+        if others:  # a process that is just exiting is not left running: look again a moment later
+            time.sleep(0.05)
+            others = self._other_running()
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -94,6 +98,11 @@ class Sandbox:
                 pass
         shutil.rmtree(self.folder, ignore_errors=True)
         return others
+
+
+def _running(pids: list[int]) -> list[int]:
+    """The processes among ``pids`` that are still running (not zombies waiting to be reaped)."""
+    return [p for p in pids if not _proc_status(str(p)).get("State", "").strip().startswith(("Z", "X"))]
 
 
 def _proc_status(pid: str) -> dict:
