@@ -61,6 +61,18 @@ def _p_of(module: nn.Module) -> float:
     return float(p)
 
 
+def _eval_pass(model: nn.Module, x: torch.Tensor, handles: list) -> None:
+    """One forward pass of ``model`` on ``x`` in eval mode without gradients, modes restored; then remove
+    the hook ``handles`` (whatever happens)."""
+    try:
+        with restored_modes(model), torch.no_grad():
+            model.eval()
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def trace_sites(model: nn.Module, x: torch.Tensor) -> tuple[list[nn.Linear], list[list[float]]]:
     """The Linear layers of ``model`` in the order ``model(x)`` calls them, and the drop probabilities of
     the dropout modules called at each site: ``sites[0]`` before the first Linear (the input),
@@ -74,13 +86,7 @@ def trace_sites(model: nn.Module, x: torch.Tensor) -> tuple[list[nn.Linear], lis
         for m in model.modules()
         if isinstance(m, nn.Linear) or _is_dropout(m)
     ]
-    try:
-        with restored_modes(model), torch.no_grad():
-            model.eval()
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _eval_pass(model, x, handles)
     linears: list[nn.Linear] = []
     sites: list[list[float]] = [[]]
     for module in calls:
@@ -189,13 +195,7 @@ def _between_linears(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tens
         if isinstance(m, nn.Linear):
             handles.append(m.register_forward_pre_hook(lambda mod, args: events.append(("in", args[0]))))
             handles.append(m.register_forward_hook(lambda mod, args, out: events.append(("out", out))))
-    try:
-        with restored_modes(model), torch.no_grad():
-            model.eval()
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _eval_pass(model, x, handles)
     pairs = []
     for (kind_a, a), (kind_b, b) in zip(events, events[1:], strict=False):
         if kind_a == "out" and kind_b == "in":
