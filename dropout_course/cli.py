@@ -173,7 +173,7 @@ def release_command(args, out=None) -> int:
     """``dropout-course release [--check] [--force]``; returns the exit code."""
     from pathlib import Path
 
-    from .grading.release import release, repo_root
+    from .instructor.release import release, repo_root
 
     out = out or sys.stdout
     report = release(
@@ -200,7 +200,7 @@ def grade_command(args, out=None) -> int:
     """``dropout-course grade SUBMISSIONS... --out grades.csv``; returns the exit code."""
     from pathlib import Path
 
-    from .grading.autograde import grade
+    from .instructor.autograde import grade
 
     out = out or sys.stdout
     if args.jobs < 1 or args.timeout <= 0 or (args.call_timeout is not None and args.call_timeout <= 0):

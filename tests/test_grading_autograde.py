@@ -18,9 +18,9 @@ import nbformat
 import pytest
 
 from dropout_course import cli
-from dropout_course.grading import wire
-from dropout_course.grading.autograde import build_graded_notebook
-from dropout_course.grading.release import release_cell, repo_root
+from dropout_course.instructor import wire
+from dropout_course.instructor.autograde import build_graded_notebook
+from dropout_course.instructor.release import release_cell, repo_root
 
 ROOT = repo_root()
 EX = "ex01_inverted_dropout"
@@ -423,7 +423,7 @@ def test_grading_as_the_same_user_still_judges_outside_the_learner_code(tmp_path
 
 def test_points_survive_the_hard_limit(tmp_path, monkeypatch):
     """A judge stopped at the per-submission hard limit keeps the checks it had judged (status incomplete)."""
-    from dropout_course.grading import autograde
+    from dropout_course.instructor import autograde
 
     sleeper = (
         "import time\ndef dropout_backward_numpy(dout, cache):\n    while True:\n        time.sleep(0.1)\n"

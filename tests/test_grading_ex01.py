@@ -626,7 +626,8 @@ FORBIDDEN_SOURCES = {
     "from dropout_course.layers import Dropout\nclass D(Dropout):\n    pass": "layers.Dropout",
     "def f(x, p, t=True):\n    exec(open('exercises/source/ex01.ipynb').read())": "exec",
     "import importlib\ndef f(x, p, t=True):\n    return importlib.import_module('torch').dropout(x, p, t)": "import_module",
-    "from dropout_course.grading.release import x\ndef f(x, p, t=True):\n    return x(p)": "grading.release",
+    "from dropout_course.grading.core import x\ndef f(x, p, t=True):\n    return x(p)": "grading.core",
+    "from dropout_course.instructor import judge\ndef f(x, p, t=True):\n    return judge.x(p)": "instructor",
 }
 
 

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from dropout_course import cli
-from dropout_course.grading.release import (
+from dropout_course.instructor.release import (
     find_sources,
     is_pristine,
     release,

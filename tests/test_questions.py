@@ -7,7 +7,7 @@ import re
 import nbformat
 import pytest
 
-from dropout_course.grading.release import find_sources
+from dropout_course.instructor.release import find_sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

@@ -1,6 +1,6 @@
 """Graders of the course's exercise notebooks: ``Grader("<exercise id>").check("<check>", candidate)``.
 
-Each exercise notebook has one grader module here that registers its checks (see ``EXERCISES``).
+Each exercise notebook has one grader module here whose ``CHECKS`` list holds its checks (see ``EXERCISES``).
 """
 
 from .core import CheckResult, Grader

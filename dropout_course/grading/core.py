@@ -51,7 +51,7 @@ __all__ = [
     "CheckResult",
     "PropertyResult",
     "Grader",
-    "register",
+    "load_checks",
     "CheckContext",
     "Originality",
 ]
@@ -196,26 +196,19 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-# --------------------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, dict[str, CheckSpec]] = {}
+# --------------------------------------------------------------------------- the checks of an exercise
 
 
-def register(exercise: str, spec: CheckSpec) -> CheckSpec:
-    """Register ``spec`` as a check of ``exercise`` (called by the per-exercise grader modules)."""
-    _REGISTRY.setdefault(exercise, {})[spec.name] = spec
-    return spec
+def load_checks(exercise: str) -> dict[str, CheckSpec]:
+    """The checks of ``exercise`` by name: the ``CHECKS`` list of its grader module (see ``EXERCISES``)."""
+    import importlib
 
-
-def _load_exercise(exercise: str) -> dict[str, CheckSpec]:
     from . import EXERCISES
 
     if exercise not in EXERCISES:
         raise ValueError(f"unknown exercise {exercise!r}; known exercises: {', '.join(sorted(EXERCISES))}")
-    import importlib
-
-    importlib.import_module(f"{__package__}.{EXERCISES[exercise]}")
-    return _REGISTRY[exercise]
+    module = importlib.import_module(f"{__package__}.{EXERCISES[exercise]}")
+    return {spec.name: spec for spec in module.CHECKS}
 
 
 # --------------------------------------------------------------------------- safe calls
@@ -544,7 +537,7 @@ class Grader:
 
     def __init__(self, exercise: str, time_limit: float = DEFAULT_TIME_LIMIT, seed: int = 1234) -> None:
         self.exercise = exercise
-        self.specs = _load_exercise(exercise)
+        self.specs = load_checks(exercise)
         self.time_limit = float(time_limit)
         self.seed = int(seed)
         self.results: dict[str, CheckResult] = {}

@@ -306,7 +306,7 @@ class _Scanner(ast.NodeVisitor):
             if last in TORCH_DROPOUT_NAMES or last in TORCH_DROPOUT_CLASSES or last == "_VF":
                 self.findings.append(dotted)
         if parts[0] == "dropout_course":
-            if dotted.startswith("dropout_course.grading") and dotted not in (
+            if dotted.startswith(("dropout_course.grading", "dropout_course.instructor")) and dotted not in (
                 "dropout_course.grading",
                 "dropout_course.grading.Grader",
             ):

@@ -12,7 +12,7 @@ import numpy as np
 import torch.nn.functional as F
 
 from .. import layers
-from .core import CheckSpec, Fail, Originality, Property, register
+from .core import CheckSpec, Fail, Originality, Property
 from .detect import fingerprint, probe_error_text
 from .dropout_checks import (
     ELEMENT,
@@ -32,6 +32,7 @@ from .masks import (
 )
 
 EXERCISE = "ex01_inverted_dropout"
+CHECKS: list[CheckSpec] = []  # this exercise\'s checks, in notebook order
 
 # what the exercise re-implements: the course's dropout family (check_probability stays allowed)
 REFERENCES = tuple(
@@ -56,8 +57,7 @@ def _originality(fingerprint_fn=None) -> Originality:
     return Originality("write dropout yourself", REFERENCES, fingerprint=fingerprint_fn)
 
 
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "dropout_forward",
         forward_properties(function_caller, ELEMENT),
@@ -65,8 +65,7 @@ register(
         originality=_originality(variant_fingerprint(ELEMENT, _ELEMENT_REFS)),
     ),
 )
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "Dropout",
         module_properties(_MODULE),
@@ -76,8 +75,7 @@ register(
 )
 
 _HIDDEN = Variant("dropout_forward", (16, 30, 20), (0, 1, 2))
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "dropout_forward_hidden",
         forward_properties(function_caller, _HIDDEN, p_values=(0.1, 0.9)),
@@ -182,8 +180,7 @@ def _np_fingerprint(ctx):
     return fingerprint(ctx, run, [ref_run(r) for r in refs], probe)
 
 
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "dropout_forward_numpy",
         originality=Originality(
@@ -266,8 +263,7 @@ def _bw_test(ctx):
     _backward_case(ctx, 0.4, "test")
 
 
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "dropout_backward_numpy",
         originality=Originality("write the backward pass yourself", REFERENCES),

@@ -30,7 +30,7 @@ from torch import nn
 from ..config import seeded, torch_threads
 from ..data import load_mnist
 from ..training import evaluate, fit
-from .core import CheckSpec, Fail, Originality, Property, register
+from .core import CheckSpec, Fail, Originality, Property
 from .mlp_structure import (
     HIDDEN,
     IN_FEATURES,
@@ -49,6 +49,7 @@ from .mlp_structure import (
 )
 
 EXERCISE = "ex02_regularize_mlp"
+CHECKS: list[CheckSpec] = []  # this exercise\'s checks, in notebook order
 
 N_TRAIN = 1000  # 100 images per digit: the 2 x 256 MLP memorises them within a few epochs
 FIT = {"epochs": 20, "lr": 1e-3, "batch_size": 50}  # what the notebook's plain network is trained with
@@ -150,8 +151,7 @@ def _curves_property(p: float):
     return test
 
 
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "read_the_curves",
         [
@@ -174,8 +174,7 @@ _ORIGINALITY = Originality(
 )
 
 
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "make_regularized_mlp",
         [
@@ -314,8 +313,7 @@ def _fits_training_data(data_seed: int, seeds: tuple[int, ...]):
     return test
 
 
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "validation_improvement",
         [
@@ -330,8 +328,7 @@ register(
         originality=_ORIGINALITY,
     ),
 )
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "validation_improvement_hidden",
         [

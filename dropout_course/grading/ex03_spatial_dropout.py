@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import layers
-from .core import CheckSpec, Originality, register
+from .core import CheckSpec, Originality
 from .dropout_checks import (
     Variant,
     forward_properties,
@@ -23,6 +23,7 @@ from .dropout_checks import (
 from .ex01_inverted_dropout import REFERENCES
 
 EXERCISE = "ex03_spatial_dropout"
+CHECKS: list[CheckSpec] = []  # this exercise\'s checks, in notebook order
 
 _NOT_CONSTANT = (
     "drops single elements, not whole channels: within one feature map some pixels are 0 and others are "
@@ -60,20 +61,17 @@ def _originality(v: Variant, is_module: bool = False) -> Originality:
 _FUNCTION, _MODULE = _variant("spatial_dropout"), _variant("SpatialDropout")
 _HIDDEN = _variant("spatial_dropout", (40, 48, 3, 7))
 
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "spatial_dropout", forward_properties(function_caller, _FUNCTION), originality=_originality(_FUNCTION)
     ),
 )
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "SpatialDropout", module_properties(_MODULE), originality=_originality(_MODULE, is_module=True)
     ),
 )
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "spatial_dropout_hidden",
         forward_properties(function_caller, _HIDDEN, p_values=(0.1, 0.85)),

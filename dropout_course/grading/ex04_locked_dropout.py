@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from .. import layers
-from .core import CheckSpec, Originality, register
+from .core import CheckSpec, Originality
 from .dropout_checks import (
     Variant,
     forward_properties,
@@ -26,6 +26,7 @@ from .ex01_inverted_dropout import REFERENCES
 from .weight_drop_checks import RNNCase, rnn_properties
 
 EXERCISE = "ex04_locked_dropout"
+CHECKS: list[CheckSpec] = []  # this exercise\'s checks, in notebook order
 
 _NOT_CONSTANT = (
     "a new mask at every time step: the same feature is dropped at some steps and kept at others; draw one "
@@ -54,16 +55,14 @@ def _originality(v: Variant, refs, task: str, is_module: bool = False) -> Origin
 
 _LOCKED_TASK = "write locked dropout yourself"
 _LOCKED, _LOCKED_MODULE = _variant("locked_dropout"), _variant("LockedDropout")
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "locked_dropout",
         forward_properties(function_caller, _LOCKED),
         originality=_originality(_LOCKED, _LOCKED_REFS, _LOCKED_TASK),
     ),
 )
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "LockedDropout",
         module_properties(_LOCKED_MODULE),
@@ -105,21 +104,19 @@ def _weight_variant(shape=(48, 40)) -> Variant:
 _WEIGHT_REFS = [lambda w, p: F.dropout(w, p, True), lambda w, p: layers.dropout(w, p, True)]
 _WEIGHT_TASK = "write DropConnect (weight drop) yourself"
 _RNN_ORIGINALITY = Originality("write the weight-dropped RNN yourself", REFERENCES)
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "weight_drop",
         forward_properties(function_caller, _weight_variant()),
         originality=_originality(_weight_variant(), _WEIGHT_REFS, _WEIGHT_TASK),
     ),
 )
-register(EXERCISE, CheckSpec("WeightDropRNN", rnn_properties(RNNCase()), originality=_RNN_ORIGINALITY))
+CHECKS.append(CheckSpec("WeightDropRNN", rnn_properties(RNNCase()), originality=_RNN_ORIGINALITY))
 
 # --------------------------------------------------------------------------- hidden checks
 
 _LOCKED_HIDDEN, _WEIGHT_HIDDEN = _variant("locked_dropout", (30, 25, 64)), _weight_variant((30, 90))
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "locked_dropout_hidden",
         forward_properties(function_caller, _LOCKED_HIDDEN, p_values=(0.1, 0.85)),
@@ -127,8 +124,7 @@ register(
         originality=_originality(_LOCKED_HIDDEN, _LOCKED_REFS, _LOCKED_TASK),
     ),
 )
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "weight_drop_hidden",
         forward_properties(function_caller, _WEIGHT_HIDDEN, p_values=(0.1, 0.85)),
@@ -136,8 +132,7 @@ register(
         originality=_originality(_WEIGHT_HIDDEN, _WEIGHT_REFS, _WEIGHT_TASK),
     ),
 )
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "WeightDropRNN_hidden",
         rnn_properties(RNNCase(input_size=20, hidden_size=12, batch=100, steps=9), (0.1, 0.85)),

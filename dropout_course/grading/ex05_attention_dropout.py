@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import layers
 from .attention_checks import AttentionCase, attention_properties
-from .core import CheckContext, CheckSpec, Fail, Originality, Property, fail_if_torch_dropout_module, register
+from .core import CheckContext, CheckSpec, Fail, Originality, Property, fail_if_torch_dropout_module
 from .dropout_checks import (
     Variant,
     check_rejects_bad_p,
@@ -35,6 +35,7 @@ from .masks import (
 )
 
 EXERCISE = "ex05_attention_dropout"
+CHECKS: list[CheckSpec] = []  # this exercise\'s checks, in notebook order
 
 # --------------------------------------------------------------------------- attention
 
@@ -43,8 +44,7 @@ _ATTENTION = Originality(
     (*REFERENCES, "dropout_course.models:SelfAttention", "dropout_course.models:Block"),
     forbid_sdpa=True,
 )
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "attention_with_dropout",
         attention_properties(AttentionCase("attention_with_dropout")),
@@ -77,8 +77,7 @@ def _drop_path_originality(v: Variant) -> Originality:
     )
 
 
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "drop_path",
         forward_properties(function_caller, _drop_path_variant()),
@@ -322,8 +321,7 @@ def _residual_properties() -> list[Property]:
     ]
 
 
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "ResidualBlock",
         _residual_properties(),
@@ -333,8 +331,7 @@ register(
 
 # --------------------------------------------------------------------------- hidden checks
 
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "attention_with_dropout_hidden",
         attention_properties(
@@ -344,8 +341,7 @@ register(
         originality=_ATTENTION,
     ),
 )
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "drop_path_hidden",
         forward_properties(function_caller, _drop_path_variant((500, 7)), p_values=(0.1, 0.85)),

@@ -25,9 +25,10 @@ import math
 import torch
 
 from .. import theory
-from .core import CheckContext, CheckSpec, Fail, Originality, Property, register
+from .core import CheckContext, CheckSpec, Fail, Originality, Property
 
 EXERCISE = "ex08_dropout_theory"
+CHECKS: list[CheckSpec] = []  # this exercise\'s checks, in notebook order
 
 # (n inputs, K classes, p, seed): the visible check's problems; the hidden check uses other ones.
 VISIBLE_ENSEMBLES = ((3, 4, 0.3, 11), (5, 3, 0.5, 12), (8, 5, 0.8, 13))
@@ -380,19 +381,16 @@ _ORIGINALITY = Originality(
     ),
     torch_dropout=False,
 )
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec("ensemble_predictions", _ensemble_properties(VISIBLE_ENSEMBLES), originality=_ORIGINALITY),
 )
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "dropout_penalty", _penalty_properties(VISIBLE_PENALTIES, with_type=True), originality=_ORIGINALITY
     ),
 )
-register(EXERCISE, CheckSpec("monte_carlo_penalty", _mc_properties(), originality=_ORIGINALITY))
-register(
-    EXERCISE,
+CHECKS.append(CheckSpec("monte_carlo_penalty", _mc_properties(), originality=_ORIGINALITY))
+CHECKS.append(
     CheckSpec(
         "ensemble_predictions_hidden",
         _ensemble_properties(HIDDEN_ENSEMBLES),
@@ -400,8 +398,7 @@ register(
         originality=_ORIGINALITY,
     ),
 )
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "dropout_penalty_hidden",
         _penalty_properties(HIDDEN_PENALTIES, with_type=False),

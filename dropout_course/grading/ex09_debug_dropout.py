@@ -23,10 +23,11 @@ from torch import nn
 
 from ..layers import is_dropout_module
 from ..practice import leaf_modules
-from .core import CheckContext, CheckSpec, Fail, Originality, Property, register
+from .core import CheckContext, CheckSpec, Fail, Originality, Property
 from .ex01_inverted_dropout import REFERENCES
 
 EXERCISE = "ex09_debug_dropout"
+CHECKS: list[CheckSpec] = []  # this exercise\'s checks, in notebook order
 
 
 class GradProbe(nn.Module):
@@ -140,8 +141,7 @@ def _evaluate_no_graph(ctx: CheckContext) -> None:
         raise Fail(f"must return a Python float (use .item()), got {type(got).__name__}")
 
 
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "evaluate",
         [
@@ -237,8 +237,7 @@ def _classifier_hidden_dropout(ctx: CheckContext) -> None:
             )
 
 
-register(
-    EXERCISE,
+CHECKS.append(
     CheckSpec(
         "build_classifier",
         [
@@ -349,9 +348,8 @@ _MC_ORIGINALITY = Originality(
     ),
     torch_dropout=False,
 )
-register(EXERCISE, CheckSpec("mc_predict", _mc_properties(64, 0.5, 11), originality=_MC_ORIGINALITY))
-register(
-    EXERCISE,
+CHECKS.append(CheckSpec("mc_predict", _mc_properties(64, 0.5, 11), originality=_MC_ORIGINALITY))
+CHECKS.append(
     CheckSpec("mc_predict_hidden", _mc_properties(7, 0.2, 21), hidden=True, originality=_MC_ORIGINALITY),
 )
 
@@ -427,11 +425,8 @@ def _fresh_properties(shape, p: float) -> list[Property]:
 
 
 _FRESH_ORIGINALITY = Originality("write the dropout module yourself", REFERENCES)
-register(
-    EXERCISE, CheckSpec("FreshDropout", _fresh_properties((64, 200), 0.3), originality=_FRESH_ORIGINALITY)
-)
-register(
-    EXERCISE,
+CHECKS.append(CheckSpec("FreshDropout", _fresh_properties((64, 200), 0.3), originality=_FRESH_ORIGINALITY))
+CHECKS.append(
     CheckSpec(
         "FreshDropout_hidden",
         _fresh_properties((16, 3, 40), 0.7),

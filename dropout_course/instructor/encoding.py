@@ -13,7 +13,6 @@ import numpy as np
 
 from . import wire
 
-TRUSTED_PREFIXES = ("dropout_course.", "torch.nn.")  # the judge refuses any other (see proxy.py)
 MAX_DEPTH = 12
 
 
@@ -23,7 +22,7 @@ def _trusted_name(obj) -> tuple[str, str] | None:
 
     module = getattr(obj, "__module__", None) or ""
     qualname = getattr(obj, "__qualname__", None) or ""
-    if not module.startswith(TRUSTED_PREFIXES) or module.startswith("dropout_course.grading"):
+    if not wire.trusted_allowed(module):
         return None
     if "<" in qualname or not qualname:
         return None

@@ -173,7 +173,7 @@ class Client:
 
 
 def _current_check_context():
-    from .core import CheckContext
+    from ..grading.core import CheckContext
 
     frame = sys._getframe(1)
     while frame is not None:

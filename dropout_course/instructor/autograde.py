@@ -62,13 +62,13 @@ def package_digest() -> str:
 
 
 class _Judge:
-    """One judge process (``python -m dropout_course.grading.judge``) and the task it is working on."""
+    """One judge process (``python -m dropout_course.instructor.judge``) and the task it is working on."""
 
     def __init__(self) -> None:
         env = dict(os.environ)
         env.pop("DROPOUT_COURSE_RESULTS", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dropout_course.grading.judge"],
+            [sys.executable, "-m", "dropout_course.instructor.judge"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -195,14 +195,14 @@ class Worker:
         return {"ok": True, "items": items}
 
     def trace_for(self, check):
-        from .core import _load_exercise
-        from .detect import Trace
+        from ..grading.core import load_checks
+        from ..grading.detect import Trace
 
         if check is None:
             return None
         if check not in self.traces:
             try:
-                spec = _load_exercise(check[0]).get(check[1])
+                spec = load_checks(check[0]).get(check[1])
                 self.traces[check] = Trace(spec.originality if spec else None)
             except Exception:  # noqa: BLE001
                 self.traces[check] = None
@@ -236,7 +236,7 @@ class Worker:
     def do_call(self, target, method, args, kwargs, grad_leaves, check, extras=None) -> dict:
         import torch
 
-        from .core import spy_torch_dropout
+        from ..grading.core import spy_torch_dropout
 
         obj = self.resolve(target)
         leaves = [t.detach().requires_grad_(True) for t in grad_leaves]

@@ -7,7 +7,7 @@ the worker holds at that cell. Each check is judged on its own: a cell or a call
 worker costs only what it touched; the next check gets a fresh worker, which re-runs the cells and skips
 the ones that hung or crashed it.
 
-``python -m dropout_course.grading.judge`` serves ``dropout-course grade`` (:mod:`.autograde`): it reads one
+``python -m dropout_course.instructor.judge`` serves ``dropout-course grade`` (:mod:`.autograde`): it reads one
 JSON task per line on stdin and writes JSON events (one per check as soon as it is judged, then the row)
 on a private copy of stdout, which the worker never holds.
 """
@@ -116,7 +116,7 @@ def judge_notebook(
     ``on_check(name, score, exercise)`` is called as each check is judged, and once first with ``name=None``
     and ``score={check: max points}`` (the plan).
     """
-    from .core import _load_exercise
+    from ..grading.core import load_checks
     from .release import repo_root
 
     source_dir = Path(source_dir or repo_root() / "exercises" / "source")
@@ -141,7 +141,7 @@ def judge_notebook(
         row.pop("scores"), row.pop("notes")
         return row
     try:
-        specs = _load_exercise(exercise)
+        specs = load_checks(exercise)
     except ValueError as exc:
         row["reason"] = one_line(str(exc))
         row.pop("scores"), row.pop("notes")
@@ -181,7 +181,7 @@ def judge_notebook(
 
 
 def _run_checks(session, steps, exercise, row, not_run, on_check, call_timeout) -> None:
-    from .core import Grader
+    from ..grading.core import Grader
 
     grader = Grader(exercise) if call_timeout is None else Grader(exercise, time_limit=call_timeout)
     for step in [s for s in steps if s.checks]:
@@ -273,12 +273,12 @@ def _preload() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from . import EXERCISES
-    from .core import _load_exercise
+    from ..grading import EXERCISES
+    from ..grading.core import load_checks
 
     for exercise in EXERCISES:
         try:
-            _load_exercise(exercise)
+            load_checks(exercise)
         except Exception:  # noqa: BLE001 - a broken grader costs its own submissions (reported there)
             traceback.print_exc()
     try:
