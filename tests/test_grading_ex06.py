@@ -84,7 +84,18 @@ def ok_reference(model, x, T):
     return mc_predict(model, x, T, softmax=True)
 
 
-OK_MC = [ok_repeat, ok_interleave_transpose, ok_expand]
+def ok_inference_mode(model, x, T):  # inference_mode instead of no_grad; dropout modules found by their p
+    saved = [(m, m.training) for m in model.modules()]
+    model.eval()
+    model.apply(lambda m: m.train() if "dropout" in type(m).__name__.lower() else None)
+    with torch.inference_mode():
+        out = model(torch.cat([x] * T)).view(T, x.shape[0], -1)
+    for m, mode in saved:
+        m.train(mode) if not list(m.children()) else setattr(m, "training", mode)
+    return torch.nn.functional.softmax(out, dim=2)
+
+
+OK_MC = [ok_repeat, ok_interleave_transpose, ok_expand, ok_inference_mode]
 
 
 @pytest.mark.parametrize("fn", OK_MC, ids=[f.__name__ for f in OK_MC])
@@ -224,7 +235,28 @@ def all_train(model, x, T):  # dropout on by putting the whole model in train mo
     return out
 
 
+@torch.no_grad()
+def dropout_on_without_eval(model, x, T):  # switches dropout on but never calls model.eval()
+    modes = {m: m.training for m in model.modules()}
+    for m in model.modules():
+        if isinstance(m, DROPOUT_TYPES):
+            m.train()
+    out = model(x.repeat(T, 1)).reshape(T, len(x), -1).softmax(-1)
+    _restore(modes)
+    return out
+
+
+@torch.no_grad()
+def log_probabilities(model, x, T):
+    modes = _mc_mode(model)
+    out = model(x.repeat(T, 1)).reshape(T, len(x), -1).log_softmax(-1)
+    _restore(modes)
+    return out
+
+
 WRONG_MC = {
+    dropout_on_without_eval: ["when the model is in train mode before the call", "Call `model.eval()` first"],
+    log_probabilities: ["the outputs are log-probabilities (`log_softmax`)"],
     ok_reference: ["not credited: calls", "dropout_course.uncertainty.mc_predict:"],
     uses_course_mode: ["not credited: calls dropout_course.uncertainty.mc_dropout_mode"],
     restores_top_level_only: ["before the call the modules were in different modes", "save EVERY module's"],
@@ -250,6 +282,26 @@ def test_wrong_mc_predict_is_diagnosed_and_loses_hidden_points(grader, fn):
     hidden = grader.check("mc_predict_hidden", fn)
     assert hidden.score < hidden.max_score, "\n".join(hidden.messages)
     _fails_with(grader.check("mc_predict", fn), *WRONG_MC[fn])
+
+
+@torch.no_grad()
+def only_torch_dropout(model, x, T):  # isinstance(m, nn.Dropout) misses the course's Dropout
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.train()
+    out = model(x.repeat(T, 1)).reshape(T, len(x), -1).softmax(-1)
+    _restore(modes)
+    return out
+
+
+def test_dropout_found_by_torch_class_only_is_named(grader):
+    result = grader.check("mc_predict", only_torch_dropout)
+    _fails_with(
+        result, "the course's `Dropout` module never ran in train mode", "`isinstance(m, nn.Dropout)`"
+    )
+    assert "never ran in train mode" not in "\n".join(grader.check("mc_predict", no_dropout).messages)
 
 
 def test_grading_leaves_learner_rng_alone(grader):
@@ -294,7 +346,23 @@ def ece_numpy_float(probs, labels, n_bins=10):  # np.float64 is a float
     return np.float64(ok_ece_loop(probs, labels, n_bins))
 
 
-OK_ECE = [ok_ece_loop, ok_ece_numpy_floor, ece_numpy_float]
+def ok_ece_histogram(probs, labels, n_bins=10):  # sums per bin with np.histogram; |B|/N folded in
+    p = probs.double().numpy()
+    conf, correct = p.max(1), (p.argmax(1) == labels.numpy()).astype(float)
+    s_conf, _ = np.histogram(conf, bins=n_bins, range=(0, 1), weights=conf)
+    s_correct, _ = np.histogram(conf, bins=n_bins, range=(0, 1), weights=correct)
+    return float(np.abs(s_correct - s_conf).sum() / len(conf))
+
+
+def ok_ece_bucketize(probs, labels, n_bins=10):  # torch.bucketize and scatter_add, no Python loop
+    conf, pred = probs.double().max(1)
+    correct = (pred == labels).double()
+    which = torch.bucketize(conf, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)[1:-1])
+    gap = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, which, correct - conf)
+    return (gap.abs().sum() / len(conf)).item()
+
+
+OK_ECE = [ok_ece_loop, ok_ece_numpy_floor, ece_numpy_float, ok_ece_histogram, ok_ece_bucketize]
 
 
 @pytest.mark.parametrize("fn", OK_ECE, ids=[f.__name__ for f in OK_ECE])
@@ -379,7 +447,52 @@ def ece_tensor(probs, labels, n_bins=10):
     return torch.tensor(ok_ece_loop(probs, labels, n_bins))
 
 
+def _edges_loop(probs, labels, edges, gap):
+    conf, pred = probs.max(1)
+    correct = (pred == labels).float()
+    ece = 0.0
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        sel = ((conf > lo) | ((i == 0) & (conf >= lo))) & (conf <= hi)
+        if sel.any():
+            ece += sel.float().mean() * gap(correct[sel], conf[sel])
+    return float(ece)
+
+
+def _abs_gap(correct, conf):
+    return (correct.mean() - conf.mean()).abs()
+
+
+def linspace_n_bins(probs, labels, n_bins=10):  # n_bins edges: n_bins - 1 bins
+    return _edges_loop(probs, labels, torch.linspace(0, 1, n_bins), _abs_gap)
+
+
+def squared_gaps(probs, labels, n_bins=10):
+    return _edges_loop(
+        probs, labels, torch.linspace(0, 1, n_bins + 1), lambda a, c: (a.mean() - c.mean()) ** 2
+    )
+
+
+def abs_per_example(probs, labels, n_bins=10):
+    return _edges_loop(probs, labels, torch.linspace(0, 1, n_bins + 1), lambda a, c: (a - c).abs().mean())
+
+
+def in_percent(probs, labels, n_bins=10):
+    return 100 * ok_ece_loop(probs, labels, n_bins)
+
+
+def bins_over_data_range(probs, labels, n_bins=10):
+    conf = probs.max(1).values
+    return _edges_loop(
+        probs, labels, torch.linspace(float(conf.min()), float(conf.max()), n_bins + 1), _abs_gap
+    )
+
+
 WRONG_ECE = {
+    linspace_n_bins: ["there are n_bins - 1 bins", "`torch.linspace(0, 1, n_bins + 1)`"],
+    squared_gaps: ["the gaps are squared"],
+    abs_per_example: ["averages |correct_i - conf_i| over the examples of a bin"],
+    in_percent: ["returns the ECE in percent", "is in percent: return the fraction"],
+    bins_over_data_range: ["the bins split [min conf, max conf], the range of this data"],
     ok_ece_reference: ["not credited: calls dropout_course.uncertainty.expected_calibration_error"],
     ece_tensor: ["returns a Tensor", "Python float"],
     no_abs: ["summed with their sign"],

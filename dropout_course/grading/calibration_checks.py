@@ -3,7 +3,8 @@
 The learner's value is compared with the ECE on fixed data (equal-width bins on [0, 1], the bin of a
 confidence ``c`` is ``(b/B, (b+1)/B]``, 1.0 in the last bin, each bin weighted by its share of examples);
 when it differs, it is compared with the typical wrong versions (no absolute value, unweighted bins,
-averaging over all bins, the true class's probability as confidence, equal-mass bins) to name the mistake.
+averaging over all bins, the true class's probability as confidence, equal-mass bins, n_bins - 1 bins, bins over the data's range,
+squared gaps, |correct - conf| averaged per example) to name the mistake.
 The data have no confidence on a bin edge, so any edge convention passes there.
 """
 
@@ -31,9 +32,9 @@ def _ece_data(seed: int = 0, n: int = 600, c: int = 4):
     return torch.tensor(probs, dtype=torch.float32), torch.tensor(labels, dtype=torch.int64)
 
 
-def _bins(conf: np.ndarray, correct: np.ndarray, n_bins: int):
-    """Per non-empty equal-width bin: share of the examples, accuracy, mean confidence."""
-    edges = np.linspace(0, 1, n_bins + 1)
+def _bins(conf: np.ndarray, correct: np.ndarray, n_bins: int, lo: float = 0.0, hi: float = 1.0):
+    """Per non-empty equal-width bin on [lo, hi]: share of the examples, accuracy, mean confidence."""
+    edges = np.linspace(lo, hi, n_bins + 1)
     which = np.clip(np.searchsorted(edges[1:-1], conf, side="left"), 0, n_bins - 1)
     count = np.bincount(which, minlength=n_bins)
     used = count > 0
@@ -50,6 +51,10 @@ def _variants(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> dict[st
     w, acc, cf = _bins(conf, correct, n_bins)
     tw, tacc, tcf = _bins(p[np.arange(len(y)), y], correct, n_bins)
     quant = np.array_split(np.argsort(conf, kind="stable"), n_bins)
+    fewer = _bins(conf, correct, n_bins - 1) if n_bins > 1 else (np.zeros(0),) * 3
+    which = np.clip(np.searchsorted(np.linspace(0, 1, n_bins + 1)[1:-1], conf, side="left"), 0, n_bins - 1)
+    rw, racc, rcf = _bins(conf, correct, n_bins, conf.min(), conf.max())
+    inside = np.bincount(which, weights=np.abs(correct - conf), minlength=n_bins)
     return {
         "reference": float(np.sum(w * np.abs(acc - cf))),
         "no_abs": abs(float(np.sum(w * (acc - cf)))),
@@ -60,6 +65,10 @@ def _variants(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> dict[st
         "equal_mass": float(
             sum(len(q) / len(conf) * abs(correct[q].mean() - conf[q].mean()) for q in quant if len(q))
         ),
+        "one_bin_less": float(np.sum(fewer[0] * np.abs(fewer[1] - fewer[2]))),
+        "squared": float(np.sum(w * (acc - cf) ** 2)),
+        "data_range": float(np.sum(rw * np.abs(racc - rcf))),
+        "abs_per_example": float(inside.sum() / len(conf)),
     }
 
 
@@ -76,6 +85,13 @@ _DIAGNOSES = {
     "probability of the true class",
     "equal_mass": "the bins hold equal numbers of examples (quantiles): use equal-width bins on [0, 1], "
     "edges 0, 1/n_bins, 2/n_bins, ..., 1",
+    "one_bin_less": "there are n_bins - 1 bins: n_bins bins need n_bins + 1 edges, "
+    "`torch.linspace(0, 1, n_bins + 1)`",
+    "data_range": "the bins split [min conf, max conf], the range of this data: use equal-width bins on [0, 1], "
+    "edges 0, 1/n_bins, ..., 1, the same for every data set",
+    "squared": "the gaps are squared: the ECE weights |acc(B) - conf(B)|, the absolute gap, by |B| / N",
+    "abs_per_example": "averages |correct_i - conf_i| over the examples of a bin: take the gap between the bin's "
+    "accuracy and its mean confidence, |acc(B) - conf(B)|, after averaging each",
 }
 
 
@@ -100,6 +116,8 @@ def _ece_number(ctx):
     probs, labels = _ece_data()
     value = _ece_call(ctx, probs, labels, 10)
     if not 0.0 <= value <= 1.0:
+        if abs(value - 100 * _variants(probs, labels, 10)["reference"]) <= 1e-2:
+            raise Fail(f"returns the ECE in percent ({value:.4g}): return a fraction in [0, 1]")
         raise Fail(f"the ECE must lie in [0, 1], got {value:.4g}")
     raw = ctx.call(ctx.candidate, probs.clone(), labels.clone(), 10, copy_args=False)
     if not isinstance(raw, float):
@@ -113,6 +131,8 @@ def _diagnose(value: float, probs, labels, n_bins: int) -> None:
     variants = _variants(probs, labels, n_bins)
     if abs(value - variants["reference"]) <= 1e-4:
         return
+    if abs(value - 100 * variants["reference"]) <= 1e-2:
+        raise Fail(f"ECE {value:.4g} is in percent: return the fraction, {variants['reference']:.4f}")
     for key, message in _DIAGNOSES.items():
         if abs(value - variants[key]) <= 1e-4:
             raise Fail(message)
@@ -144,8 +164,8 @@ def _ece_edges(ctx):
     pred = torch.tensor([0, 1, 2, 0, 2, 0, 1, 2])
     probs = nn.functional.one_hot(pred, 3).float()
     value = _ece_call(ctx, probs, labels, 10)
+    main_probs, main_labels = _ece_data()
     if abs(value - 0.5) > 1e-6:
-        main_probs, main_labels = _ece_data()
         # a mistake that already shows on the main data is the likely cause: name it, not the edge case
         _diagnose(_ece_call(ctx, main_probs, main_labels, 10), main_probs, main_labels, 10)
         raise Fail(
@@ -157,6 +177,7 @@ def _ece_edges(ctx):
     value = _ece_call(ctx, probs, torch.tensor([0, 0, 1]), 1)
     expected = abs(2 / 3 - (0.7 + 0.7 + 0.55) / 3)
     if abs(value - expected) > 1e-6:
+        _diagnose(_ece_call(ctx, main_probs, main_labels, 10), main_probs, main_labels, 10)
         raise Fail(f"with n_bins=1 the ECE is |accuracy - mean confidence| = {expected:.4f}, got {value:.4f}")
 
 

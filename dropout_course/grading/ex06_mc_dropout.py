@@ -138,16 +138,37 @@ def _probabilities(ctx, kind: str = "course"):
         raise Fail("softmax over the wrong dimension (the samples, dim 0): use `torch.softmax(out, dim=-1)`")
     if out.min() >= 0 and torch.allclose(out.sum(1), torch.ones(()).double(), atol=1e-4):
         raise Fail("softmax over the wrong dimension (the examples, dim 1): use `torch.softmax(out, dim=-1)`")
+    if out.max() <= 0 and torch.allclose(out.exp().sum(-1), torch.ones(()).double(), atol=1e-4):
+        raise Fail(
+            "the outputs are log-probabilities (`log_softmax`): return probabilities, "
+            "`torch.softmax(logits, dim=-1)`"
+        )
     raise Fail(
         "the outputs are not probabilities (rows do not sum to 1 over the classes, or are negative): these "
         "are logits; apply `torch.softmax(logits, dim=-1)`"
     )
 
 
+def _samples_differ_with_torch_dropout(ctx) -> bool:
+    """Whether the candidate samples on a network whose dropout is torch's ``nn.Dropout`` (any failure: no)."""
+    try:
+        _, _, out, _, _ = _run(ctx, "torch", 50)
+        return isinstance(out, torch.Tensor) and out.dim() == 3 and float(out.detach().std(0).max()) > 1e-7
+    except Exception:  # a crash or a wrong output on that network is diagnosed by its own check
+        return False
+
+
 def _dropout_on(ctx, kind: str = "course"):
     out = _shape(ctx, kind).detach().double()
     spread = out.std(0)  # (N, C)
     if float(spread.max()) < 1e-7:
+        if kind == "course" and _samples_differ_with_torch_dropout(ctx):
+            raise Fail(
+                "all T samples are identical: the course's `Dropout` module never ran in train mode, while "
+                "torch's `nn.Dropout` in another network does. The course's "
+                "`Dropout` is not an `nn.Dropout` subclass, so `isinstance(m, nn.Dropout)` misses it: look for "
+                '"Dropout" in `type(m).__name__` (or test for both classes)'
+            )
         raise Fail(
             "all T samples are identical: dropout is not active. Put the dropout modules in train mode for "
             "the passes (and run T different copies, e.g. `x.repeat(T, 1)`, not one pass copied T times)"
@@ -163,6 +184,13 @@ def _distribution(ctx, kind: str = "course"):
         raise Fail(
             "BatchNorm ran in train mode: it normalised with the statistics of the batch and changed its "
             "running statistics. Call `model.eval()` first and switch ONLY the dropout modules to train mode"
+        )
+    trained, _, _, trained_bn_before, _ = _run(ctx, kind, 50, True)
+    if not torch.equal(trained[1].running_mean, trained_bn_before):
+        raise Fail(
+            "when the model is in train mode before the call (e.g. during training), BatchNorm stays in train "
+            "mode: it normalises with the batch's statistics and changes its running statistics. Call "
+            "`model.eval()` first, then switch ONLY the dropout modules to train mode"
         )
     _dropout_on(ctx, kind)
     mean, std = _reference_stats(kind)
