@@ -1,8 +1,10 @@
-"""Reusable property sets for "write a dropout variant" checks (a function or an ``nn.Module`` class).
+"""The adapter of "write a dropout variant" checks (a function or an ``nn.Module`` class) to the shared
+properties of :mod:`.mask_properties`.
 
 A variant is described by its *unit dims*: the dimensions its mask varies over. Element-wise dropout
 varies over every dim; spatial dropout over (N, C) (constant over H, W); locked dropout over (N, H)
-(constant over time); DropPath over N only. The same statistical properties then apply to all of them.
+(constant over time); DropPath over N only; weight drop over both dims of a weight matrix. A
+:class:`Variant` also holds the diagnoses of the mistakes particular to it (its mistake table).
 """
 
 from __future__ import annotations
@@ -16,16 +18,8 @@ from torch import nn
 
 from .core import CheckContext, Fail, Property, fail_if_torch_dropout_module
 from .detect import fingerprint, probe_error_text
-from .masks import (
-    as_tensor_output,
-    check_finite,
-    diagnose_drop_fraction,
-    diagnose_eval,
-    diagnose_scale,
-    independent_draws,
-    make_input,
-    unchanged,
-)
+from .mask_properties import Adapter, Observation, mask_properties, record_unchanged
+from .masks import as_tensor_output, check_finite, diagnose_eval, make_input, unchanged
 
 
 @dataclass
@@ -117,27 +111,13 @@ def variant_fingerprint(
     return fp
 
 
-def _run(
-    ctx: CheckContext,
-    caller: Caller,
-    v: Variant,
-    p: float,
-    training: bool = True,
-    seed: int = 0,
-    dtype=torch.float32,
-    tag: str = "",
-):
-    """Call once on a fresh input; return (x, y) after checking type/shape and that x is unchanged."""
-
-    def compute():
-        x = make_input(v.shape, seed, dtype)
-        x_passed = x.clone()
-        y = caller(ctx, x_passed, p, training)
-        y = as_tensor_output(y, x, v.fn_name)
-        ctx.cache.setdefault("inplace", []).append((x, x_passed))
-        return x, y.detach()
-
-    return ctx.memo(("run", p, training, seed, dtype, tag), compute)
+def _call(ctx: CheckContext, caller: Caller, v: Variant, p: float, training: bool, seed: int, dtype):
+    """Call once on a fresh input; return (x, y) after checking type/shape, recording that x must not change."""
+    x = make_input(v.shape, seed, dtype)
+    x_passed = x.clone()
+    y = as_tensor_output(caller(ctx, x_passed, p, training), x, v.fn_name)
+    record_unchanged(ctx, lambda: unchanged(x, x_passed, "the input tensor", v.inplace_message))
+    return x, y
 
 
 def dropped_units(x: torch.Tensor, y: torch.Tensor, v: Variant) -> np.ndarray:
@@ -153,114 +133,73 @@ def dropped_units(x: torch.Tensor, y: torch.Tensor, v: Variant) -> np.ndarray:
     return dropped
 
 
-def _analyse(ctx, caller, v: Variant, p: float, seed: int = 0):
-    x, y = _run(ctx, caller, v, p, seed=seed)
-    check_finite(y, p)
-    units = dropped_units(x, y, v)
-    return x, y, units
-
-
-def _effective_n(units: np.ndarray) -> int:
-    """Number of independent mask draws behind ``units`` (fewer if the mask is shared; that mistake is
-    diagnosed by the independence property, so the fraction test must not blame it on p)."""
-    return independent_draws(units.reshape(units.shape[0], -1))
-
-
-def _nothing_dropped(x, y, units: np.ndarray, p: float) -> None:
-    """Fail if training mode changed nothing (before a shared mask that happened to keep all is blamed)."""
-    if not units.any() and torch.equal(y, x):
-        raise Fail(f"nothing is dropped at p={p:g} in training mode: the output equals the input")
-
-
 def _kept_ratios(x, y) -> np.ndarray:
     keep = (y != 0).numpy()
     return (y.double().numpy()[keep] / x.double().numpy()[keep]).ravel()
 
 
-def forward_properties(
-    caller: Caller, v: Variant, p_values=(0.2, 0.7), is_module: bool = False
-) -> list[Property]:
-    """The standard properties of an inverted-dropout forward pass of variant ``v``."""
-
-    def returns_tensor(ctx):
-        _run(ctx, caller, v, p_values[0])
-
-    def drop_fraction(ctx):
-        for p in p_values:
-            x, y, units = _analyse(ctx, caller, v, p)
-            _nothing_dropped(x, y, units, p)
-            diagnose_drop_fraction(float(units.mean()), p, _effective_n(units), v.unit)
-
-    def scaling(ctx):
-        for p in p_values:
-            x, y, _ = _analyse(ctx, caller, v, p)
-            diagnose_scale(_kept_ratios(x, y), p)
-
-    def independent_masks(ctx):
-        p = 0.5
-        x, y, units = _analyse(ctx, caller, v, p, seed=0)
-        _nothing_dropped(x, y, units, p)
-        rows = units.reshape(units.shape[0], -1)
-        if rows.shape[1] == 1 and units.shape[0] > 1 and (rows == rows[0]).all():
-            raise Fail(
-                f"one decision is shared by the whole batch: all {units.shape[0]} samples were "
-                f"{'dropped' if rows[0, 0] else 'kept'} together at p={p:g}; draw an independent mask value "
-                f"for each sample (a mask of shape {_mask_shape(v)})"
+def _patterns(v: Variant) -> list[tuple[int, str]]:
+    """The mask shapes that are too coarse for ``v`` (see :attr:`.mask_properties.Adapter.patterns`)."""
+    if len(v.unit_dims) == 1:  # one mask value per sample
+        return [
+            (
+                0,
+                "one decision is shared by the whole batch: all {n} samples were {state} together at p={p:g}; "
+                f"draw an independent mask value for each sample (a mask of shape {_mask_shape(v)})",
             )
-        if rows.shape[1] > 1:
-            if (rows == rows[0]).all() and units.shape[0] > 1:
-                raise Fail(
-                    v.shared_message
-                    or f"one mask is shared by the whole batch: every sample has the same {v.unit} dropped; "
-                    f"draw an independent mask value for each sample (a mask of shape {_mask_shape(v)})"
-                )
-            if (rows.all(axis=1) | (~rows).all(axis=1)).all():
-                raise Fail(
-                    v.too_coarse_message
-                    or f"whole samples are dropped (one mask value per sample); drop single {v.unit} instead"
-                )
-        # a fresh mask on every call: same input again
-        x_b, y_b = _run(ctx, caller, v, p, seed=0, tag="second call")
-        units_b = dropped_units(x_b, y_b, v)
-        if np.array_equal(units, units_b):
-            raise Fail(
-                "the same mask on every call: two calls on the same input dropped exactly the same "
-                f"{v.unit}; draw a new random mask inside each call (do not reseed the RNG or reuse a "
-                "mask stored earlier)"
-            )
+        ]
+    return [
+        (
+            0,
+            v.shared_message
+            or f"one mask is shared by the whole batch: every sample has the same {v.unit} dropped; draw an "
+            f"independent mask value for each sample (a mask of shape {_mask_shape(v)})",
+        ),
+        (
+            1,
+            v.too_coarse_message
+            or f"whole samples are dropped (one mask value per sample); drop single {v.unit} instead",
+        ),
+    ]
 
-    def eval_identity(ctx):
-        for p in (0.2, 0.5):
-            x, y = _run(ctx, caller, v, p, training=False)
-            mode = "in eval mode (training=False)" if not is_module else "in eval mode"
-            diagnose_eval(y, x, p, mode, fix=f"return {v.arg_name} unchanged")
 
-    def edge_cases(ctx):
-        try:
-            x, y = _run(ctx, caller, v, 1.0)
-        except Fail as exc:
-            if "ZeroDivisionError" in str(exc):
-                raise Fail(
-                    f"p=1 divides by zero (1-p = 0): when p == 1 every unit is dropped, so return zeros ({exc})"
-                ) from None
-            raise
-        check_finite(y, 1.0)
-        if not (y == 0).all():
-            raise Fail(
-                f"p=1 should drop every unit (all zeros); {float((y != 0).double().mean()):.0%} are not 0"
-            )
-        x, y = _run(ctx, caller, v, 0.0)
-        check_finite(y, 0.0)
-        if not torch.allclose(y, x, rtol=1e-6, atol=0):
-            raise Fail("p=0 should return the input unchanged (nothing dropped, scale 1/(1-0) = 1)")
+def variant_adapter(caller: Caller, v: Variant, is_module: bool = False) -> Adapter:
+    """The :class:`.mask_properties.Adapter` of dropout variant ``v`` called by ``caller``: units are the
+    mask values over ``v.unit_dims``, flattened per sample; kept ratios are ``y / x``."""
+    one = v.unit[:-1]  # "elements" -> "element"
 
-    def no_inplace(ctx):
-        _run(ctx, caller, v, p_values[0])
-        for x, x_passed in ctx.cache.get("inplace", []):
-            unchanged(x, x_passed, "the input tensor", v.inplace_message)
+    def run(ctx, p: float, training: bool = True, seed: int = 0, tag: str = ""):
+        def compute():
+            x, y = _call(ctx, caller, v, p, training, seed, torch.float32)
+            return x, y.detach()
+
+        return ctx.memo(("run", p, training, seed, tag), compute)
+
+    def observe(ctx, p: float, seed: int, tag: str) -> Observation:
+        x, y = run(ctx, p, True, seed, tag)
+        check_finite(y, p)
+        units = dropped_units(x, y, v)
+        return Observation(
+            units.reshape(len(units), -1) if units.ndim > 1 else units, _kept_ratios(x, y), (x, y)
+        )
+
+    def nothing_dropped(obs: Observation, p: float) -> None:
+        """Fail if training mode changed nothing (before a shared mask that happened to keep all is blamed)."""
+        x, y = obs.data
+        if torch.equal(y, x):
+            raise Fail(f"nothing is dropped at p={p:g} in training mode: the output equals the input")
+
+    def check_identity(ctx, p: float, training: bool, seed: int) -> None:
+        x, y = run(ctx, p, training, seed)
+        if training:
+            check_finite(y, p)
+        mode = f"at p={p:g} in training mode" if training else "in eval mode"
+        if not training and not is_module:
+            mode += " (training=False)"
+        diagnose_eval(y, x, p, mode, fix=f"return {v.arg_name} unchanged")
 
     def dtype_device_grad(ctx):
-        x, y = _run(ctx, caller, v, 0.3, dtype=torch.float64)
+        x, y = _call(ctx, caller, v, 0.3, True, 0, torch.float64)
         if y.dtype != torch.float64:
             raise Fail(
                 f"wrong dtype: a float64 input gives a {y.dtype} output; build the mask with the input's "
@@ -272,8 +211,7 @@ def forward_properties(
                 "the input (`torch.rand_like(x)`, or `device=x.device`)"
             )
         x = make_input(v.shape, 5).requires_grad_(True)
-        y = caller(ctx, x, 0.4, True)
-        y = as_tensor_output(y, x, v.fn_name)
+        y = as_tensor_output(caller(ctx, x, 0.4, True), x, v.fn_name)
         if not y.requires_grad:
             raise Fail(
                 v.detached_message
@@ -285,31 +223,37 @@ def forward_properties(
             (grad,) = torch.autograd.grad((y * w).sum(), x)
         except RuntimeError as exc:
             raise Fail(f"backpropagating through the output failed: {exc}") from None
-        expected = w * y.detach() / x.detach()
-        if not torch.allclose(grad, expected, rtol=1e-4, atol=1e-6):
+        if not torch.allclose(grad, w * y.detach() / x.detach(), rtol=1e-4, atol=1e-6):
             raise Fail("the gradient is not the upstream gradient times mask/(1-p)")
 
-    def no_torch_dropout(ctx):
-        _run(ctx, caller, v, p_values[0])
-        ctx.fail_if_torch_dropout(
-            "the exercise is to write the mask yourself, e.g. with torch.rand_like or torch.bernoulli"
-        )
+    return Adapter(
+        unit=v.unit,
+        one_unit=one,
+        kept="kept values",
+        run=run,
+        observe=observe,
+        check_identity=check_identity,
+        mistakes={
+            "same mask": "the same mask on every call: two calls on the same input dropped exactly the same "
+            f"{v.unit}; draw a new random mask inside each call (do not reseed the RNG or reuse a mask stored "
+            "earlier)",
+            "p1": f"p=1 should drop every {one} (all zeros); {{kept:.0%}} are not 0",
+            "p1 result": "return zeros",
+            "torch dropout": "the exercise is to write the mask yourself, e.g. with torch.rand_like or "
+            "torch.bernoulli",
+        },
+        patterns=_patterns(v),
+        returns=f"returns a tensor of the input's shape {v.shape}",
+        eval_name="is the identity in eval mode" if is_module else "is the identity when training=False",
+        toggle=is_module,
+        nothing_dropped=nothing_dropped,
+        trailing=[Property("keeps dtype and device, gradients flow through the mask", 1, dtype_device_grad)],
+    )
 
-    return [
-        Property(f"returns a tensor of the input's shape {v.shape}", 1, returns_tensor),
-        Property("drops a fraction p of the " + v.unit, 2, drop_fraction),
-        Property("scales the kept " + v.unit + " by 1/(1-p)", 2, scaling),
-        Property("a fresh, independent mask for each sample and each call", 1, independent_masks),
-        Property(
-            "is the identity in eval mode" if is_module else "is the identity when training=False",
-            1,
-            eval_identity,
-        ),
-        Property("p=1 gives zeros (no NaN), p=0 the identity", 1, edge_cases),
-        Property("does not modify its input", 1, no_inplace),
-        Property("keeps dtype and device, gradients flow through the mask", 1, dtype_device_grad),
-        Property("does not call torch's own dropout", 1, no_torch_dropout),
-    ]
+
+def forward_properties(caller: Caller, v: Variant, p_values=(0.2, 0.7)) -> list[Property]:
+    """The properties of an inverted-dropout function ``f(x, p, training)`` of variant ``v``."""
+    return mask_properties(variant_adapter(caller, v), p_values)
 
 
 def _mask_shape(v: Variant) -> str:
@@ -319,23 +263,8 @@ def _mask_shape(v: Variant) -> str:
     return "(" + ", ".join(d if i in v.unit_dims else "1" for i, d in enumerate(dims)) + ")"
 
 
-def check_rejects_bad_p(ctx: CheckContext, build: Callable[[float], object], call_text: str) -> None:
-    """Fail unless ``build(p)`` (the learner's constructor, called through ``ctx.call``) raises ValueError for
-    p = -0.1 and 1.5; ``call_text`` shows the call, with ``{p}`` for the value."""
-    for bad in (-0.1, 1.5):
-        shown = call_text.format(p=bad)
-        try:
-            run = build(bad)
-        except Fail as exc:
-            if "ValueError" in str(exc):
-                continue
-            raise Fail(f"`{shown}` should raise ValueError, got: {exc}") from None
-        shown_run = repr(run) if "\n" not in repr(run) else f"it makes a {type(run).__name__}"
-        raise Fail(f"`{shown}` is accepted ({shown_run}); raise ValueError for p outside [0, 1]")
-
-
 def module_properties(v: Variant) -> list[Property]:
-    """Forward properties of a learner's dropout *class* plus the module-specific ones."""
+    """The properties of a learner's dropout *class* ``C(p)`` of variant ``v``."""
 
     def is_module(ctx):
         cls = ctx.candidate
@@ -348,27 +277,8 @@ def module_properties(v: Variant) -> list[Property]:
             )
         fail_if_torch_dropout_module(module, "wraps", "write the dropout yourself")
 
-    def train_eval_toggle(ctx):
-        module = module_instance(ctx, 0.5)
-        x = make_input(v.shape, 11)
-        ctx.call(module.eval, copy_args=False)
-        y_eval = as_tensor_output(ctx.call(module, x), x, v.fn_name)
-        diagnose_eval(y_eval.detach(), x, 0.5, "after .eval()")
-        ctx.call(module.train, copy_args=False)
-        y_train = as_tensor_output(ctx.call(module, x), x, v.fn_name)
-        if not (y_train == 0).any():
-            raise Fail(
-                "after .train() nothing is dropped: read the mode from `self.training` in forward "
-                "(set by .train()/.eval()), do not store a flag of your own"
-            )
-
-    def rejects_bad_p(ctx):
-        check_rejects_bad_p(ctx, lambda bad: ctx.call(ctx.candidate, bad), f"{_name(ctx.candidate)}({{p}})")
-
-    props = [Property("is an nn.Module built from p", 1, is_module)]
-    props += forward_properties(module_caller, v, is_module=True)
-    props += [
-        Property("follows .train() / .eval()", 1, train_eval_toggle),
-        Property("raises ValueError for p outside [0, 1]", 1, rejects_bad_p),
-    ]
-    return props
+    adapter = variant_adapter(module_caller, v, is_module=True)
+    adapter.leading = [Property("is an nn.Module built from p", 1, is_module)]
+    adapter.build = lambda ctx, p: ctx.call(ctx.candidate, p)
+    adapter.build_text = lambda ctx: f"{_name(ctx.candidate)}({{p}})"
+    return mask_properties(adapter)

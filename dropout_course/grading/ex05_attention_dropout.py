@@ -17,14 +17,9 @@ from torch import nn
 from .. import layers
 from .attention_checks import AttentionCase, attention_properties
 from .core import CheckContext, CheckSpec, Fail, Originality, Property, fail_if_torch_dropout_module
-from .dropout_checks import (
-    Variant,
-    check_rejects_bad_p,
-    forward_properties,
-    function_caller,
-    variant_fingerprint,
-)
+from .dropout_checks import Variant, forward_properties, function_caller, variant_fingerprint
 from .ex01_inverted_dropout import REFERENCES
+from .mask_properties import check_rejects_bad_p
 from .masks import (
     as_tensor_output,
     diagnose_drop_fraction,

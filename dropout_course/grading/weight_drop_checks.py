@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .core import CheckContext, Fail, Property, fail_if_torch_dropout_module
-from .dropout_checks import check_rejects_bad_p
+from .mask_properties import check_rejects_bad_p
 from .masks import (
     as_tensor_output,
     diagnose_drop_fraction,
