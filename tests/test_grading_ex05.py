@@ -329,7 +329,7 @@ def test_wrong_attention_is_diagnosed(grader, fn):
     if fn in (shared_over_batch, whole_rows):  # the fraction test must not blame p for a shared mask
         assert "PASS drops a fraction p of the attention weights" in text
     if fn in (no_sqrt_d, divided_by_d, softmax_wrong_dim):  # a softmax mistake is blamed once, not as scaling
-        assert "PASS scales the kept weights" in text
+        assert "PASS scales the kept attention weights" in text
 
 
 def three_dims_only(q, k, v, p, training=True):

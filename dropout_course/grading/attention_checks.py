@@ -17,14 +17,8 @@ import numpy as np
 import torch
 
 from .core import CheckContext, Fail, Property
-from .masks import (
-    check_finite,
-    diagnose_drop_fraction,
-    diagnose_scale,
-    independent_draws,
-    make_input,
-    unchanged,
-)
+from .mask_properties import Adapter, Observation, mask_properties, observed, record_unchanged
+from .masks import check_finite, make_input, unchanged
 
 ATOL = 1e-5
 
@@ -107,13 +101,15 @@ def _run(ctx: CheckContext, case: AttentionCase, p: float, training: bool = True
         passed = [t.clone() for t in qkv]
         result = ctx.call(ctx.candidate, *passed, p, training, copy_args=False)
         out, w = _as_pair(result, case)
-        ctx.cache.setdefault("inplace", []).extend(zip("qkv", qkv, passed, strict=True))
+        for name, before, after in zip("qkv", qkv, passed, strict=True):
+            record_unchanged(ctx, lambda b=before, a=after, n=name: unchanged(b, a, f"the input `{n}`"))
         return (*qkv, out.detach(), w.detach())
 
     return ctx.memo(("attention", case.fn_name, p, training, seed, tag), compute)
 
 
-def _analyse(ctx, case: AttentionCase, p: float, seed: int = 0, tag: str = ""):
+def _observe(ctx, case: AttentionCase, p: float, seed: int = 0, tag: str = "") -> Observation:
+    """A training-mode call: units are the attention weights, (samples, T_q, T_k); Fail on NaN or inf."""
     q, k, v, out, w = _run(ctx, case, p, True, seed, tag)
     bad = ~torch.isfinite(w)
     if 0 < p < 1 and bad.any() and (bad == bad.all(-1, keepdim=True)).all() and (w[~bad] == 0).any():
@@ -123,9 +119,16 @@ def _analyse(ctx, case: AttentionCase, p: float, seed: int = 0, tag: str = ""):
             "when every weight of a row is dropped. Apply inverted dropout to the softmax output: multiply by "
             "the mask and divide by 1-p"
         )
+    if p == 1 and not (torch.isfinite(w).all() and torch.isfinite(out).all()):
+        raise Fail(
+            "p=1 gives NaN: 0/0 (from dividing by 1-p = 0, by a row sum of 0, or a softmax over scores "
+            "that are all -inf); when p == 1 every weight is dropped, so return zeros"
+        )
     check_finite(w, p)
     check_finite(out, p)
-    return q, k, v, out, w
+    kept = w != 0
+    ratios = (w.double()[kept] / reference_weights(q, k)[kept]).numpy()
+    return Observation((w == 0).numpy().reshape(-1, case.t_q, case.t_k), ratios, (q, k, v, out, w))
 
 
 # --------------------------------------------------------------------------- diagnoses
@@ -208,75 +211,57 @@ def _diagnose_nothing_dropped(q, k, v, out, w, p: float) -> None:
     raise Fail(f"no attention weight is 0 at p={p:g}: in training mode a fraction p of them must be 0")
 
 
-def _kept_ratios(ctx, case: AttentionCase, q, k, w: torch.Tensor, kept: torch.Tensor, p: float) -> np.ndarray:
+def _kept_ratios(ctx, case: AttentionCase, obs: Observation, p: float) -> np.ndarray:
     """Kept weights divided by softmax(q k^T / sqrt(d)); if those ratios are not constant, by the learner's own
-    eval-mode weights when they are, so that a softmax mistake is blamed once (by the eval property)."""
-    ratios = w[kept] / reference_weights(q, k)[kept]
-    if float(ratios.max() - ratios.min()) <= 1e-3 * float(ratios.abs().max()):
-        return ratios.numpy()
+    eval-mode weights when they are, so that a softmax mistake is blamed once (by the eval property).
+    Fail first if the kept weights were renormalised (every row sums to the same value)."""
+    q, k, v, out, w = obs.data
+    w = w.double()
+    kept = w != 0
+    mixed = kept.any(-1) & ~kept.all(-1)  # rows with dropped and kept weights
+    sums = w.sum(-1)[mixed]
+    if sums.numel() > 1 and torch.allclose(sums, sums[0].expand_as(sums), rtol=1e-5, atol=1e-7):
+        raise Fail(
+            f"every row of the dropped weights sums to the same {float(sums[0]):.4g}: the kept weights "
+            "were renormalised (dropout before the softmax, e.g. masking scores with -inf, or dividing "
+            "by the row sum). Apply inverted dropout to the softmax output: kept weights are divided "
+            "by 1-p, so a row sums to 1 only on average"
+        )
+    ratios = obs.ratios
+    if ratios.size == 0 or ratios.max() - ratios.min() <= 1e-3 * np.abs(ratios).max():
+        return ratios
     try:
         _, _, _, _, w_eval = _run(ctx, case, p, training=False)
     except Fail:
-        return ratios.numpy()
+        return ratios
     w_eval = w_eval.double()
     if w_eval.shape == w.shape and bool((w_eval > 0).all()) and bool(torch.isfinite(w_eval).all()):
         own = w[kept] / w_eval[kept]
         if float(own.max() - own.min()) <= 1e-3 * float(own.abs().max()):
             return own.numpy()
-    return ratios.numpy()
+    return ratios
 
 
 # --------------------------------------------------------------------------- properties
 
 
-def attention_properties(case: AttentionCase, p_values=(0.2, 0.7), hidden: bool = False) -> list[Property]:
-    """The properties of ``attention_with_dropout`` (``hidden`` is accepted for compatibility: a hidden check
-    runs every property, on its own case)."""
+def attention_properties(case: AttentionCase, p_values=(0.2, 0.7)) -> list[Property]:
+    """The properties of ``attention_with_dropout`` on the sizes of ``case``: the shared mask properties of
+    :mod:`.mask_properties` on the attention weights, and "the output is the dropped weights @ v"."""
 
-    def returns_pair(ctx):
-        _run(ctx, case, p_values[0])
+    def check_identity(ctx, p: float, training: bool, seed: int) -> None:
+        q, k, v, out, w = _run(ctx, case, p, training, seed)
+        check_finite(w, p)
+        mode = f"at p={p:g} in training mode" if training else "with training=False"
+        _diagnose_plain(w, q, k, p, mode)
+        _diagnose_output(out, w, v, p, mode)
 
-    def eval_plain(ctx):
-        for p in (0.0, p_values[1]):
-            q, k, v, out, w = _run(ctx, case, p, training=False)
-            check_finite(w, p)
-            _diagnose_plain(w, q, k, p, "with training=False")
-            _diagnose_output(out, w, v, p, "with training=False")
-
-    def drop_fraction(ctx):
-        for p in p_values:
-            q, k, v, out, w = _analyse(ctx, case, p)
-            dropped = (w == 0).numpy()
-            if not dropped.any():
-                _diagnose_nothing_dropped(q, k, v, out, w, p)
-            flat = dropped.reshape(-1, case.t_q, case.t_k)
-            diagnose_drop_fraction(float(dropped.mean()), p, independent_draws(flat), "attention weights")
-
-    def scaling(ctx):
-        for p in p_values:
-            q, k, v, out, w = _analyse(ctx, case, p)
-            w = w.double()
-            kept = w != 0
-            if bool(kept.all()):
-                _diagnose_nothing_dropped(q, k, v, out, w, p)
-            if not bool(kept.any()):
-                continue  # nothing kept to measure; the drop-fraction property says why
-            mixed = kept.any(-1) & ~kept.all(-1)  # rows with dropped and kept weights
-            sums = w.sum(-1)[mixed]
-            if sums.numel() > 1 and torch.allclose(sums, sums[0].expand_as(sums), rtol=1e-5, atol=1e-7):
-                raise Fail(
-                    f"every row of the dropped weights sums to the same {float(sums[0]):.4g}: the kept weights "
-                    "were renormalised (dropout before the softmax, e.g. masking scores with -inf, or dividing "
-                    "by the row sum). Apply inverted dropout to the softmax output: kept weights are divided "
-                    "by 1-p, so a row sums to 1 only on average"
-                )
-            diagnose_scale(_kept_ratios(ctx, case, q, k, w, kept, p), p, "kept attention weights")
+    def nothing_dropped(obs: Observation, p: float) -> None:
+        _diagnose_nothing_dropped(*obs.data, p)
 
     def output_uses_weights(ctx):
         p = p_values[0]
-        q, k, v, out, w = _analyse(ctx, case, p)
-        if not (w == 0).any():
-            _diagnose_nothing_dropped(q, k, v, out, w, p)
+        q, k, v, out, w = observed(ctx, adapter, p, explain=True).data
         if not _close(out, w.double() @ v.double()) and _close(out, reference_weights(q, k) @ v.double()):
             raise Fail(
                 "the output is computed from the weights before dropout: multiply v by the dropped weights "
@@ -284,60 +269,9 @@ def attention_properties(case: AttentionCase, p_values=(0.2, 0.7), hidden: bool 
             )
         _diagnose_output(out, w, v, p, "in training mode")
 
-    def independent_masks(ctx):
-        p = 0.5
-        q, k, v, out, w = _analyse(ctx, case, p)
-        if not (w == 0).any():
-            _diagnose_nothing_dropped(q, k, v, out, w, p)
-        dropped = (w == 0).numpy().reshape(-1, case.t_q, case.t_k)
-        if len(dropped) > 1 and (dropped == dropped[0]).all():
-            raise Fail(
-                "one mask is shared by the whole batch: every sample has the same attention weights dropped; "
-                f"draw a mask of the weights' full shape {case.shapes()['weights']}"
-            )
-        if (dropped.all(-1) == dropped.any(-1)).all():
-            raise Fail(
-                "whole rows are dropped: each query keeps all its keys or none (a mask of shape (..., T_q, 1)); "
-                "draw one mask value per weight, shape (..., T_q, T_k)"
-            )
-        if (dropped.all(-2) == dropped.any(-2)).all():
-            raise Fail(
-                "whole keys are dropped for every query (a mask of shape (..., 1, T_k)); draw one mask value "
-                "per weight, shape (..., T_q, T_k)"
-            )
-        *_, w_b = _analyse(ctx, case, p, tag="second call")
-        if torch.equal(w == 0, w_b == 0):
-            raise Fail(
-                "the same mask on every call: two calls on the same inputs dropped exactly the same weights; "
-                "draw a new random mask inside each call (do not reseed the RNG or reuse a stored mask)"
-            )
-
-    def edge_cases(ctx):
-        try:
-            q, k, v, out, w = _run(ctx, case, 1.0)
-        except Fail as exc:
-            if "ZeroDivisionError" in str(exc):
-                raise Fail(
-                    f"p=1 divides by zero (1-p = 0): when p == 1 every weight is dropped, so the weights and "
-                    f"the output are zeros ({exc})"
-                ) from None
-            raise
-        if not (torch.isfinite(w).all() and torch.isfinite(out).all()):
-            raise Fail(
-                "p=1 gives NaN: 0/0 (from dividing by 1-p = 0, by a row sum of 0, or a softmax over scores "
-                "that are all -inf); when p == 1 every weight is dropped, so return zeros"
-            )
-        if not ((w == 0).all() and (out == 0).all()):
+    def check_p1(obs: Observation) -> None:
+        if not (obs.data[3] == 0).all():
             raise Fail("p=1 should drop every attention weight: weights and output all zeros")
-        q, k, v, out, w = _run(ctx, case, 0.0)
-        check_finite(w, 0.0)
-        _diagnose_plain(w, q, k, 0.0, "at p=0 in training mode")
-        _diagnose_output(out, w, v, 0.0, "at p=0 in training mode")
-
-    def no_inplace(ctx):
-        _run(ctx, case, p_values[0])
-        for name, before, after in ctx.cache.get("inplace", []):
-            unchanged(before, after, f"the input `{name}`")
 
     def dtype_and_grad(ctx):
         s = case.shapes()
@@ -375,27 +309,50 @@ def attention_properties(case: AttentionCase, p_values=(0.2, 0.7), hidden: bool 
                     "the same mask/(1-p) that made the output"
                 )
 
-    def no_torch_dropout(ctx):
-        _run(ctx, case, p_values[0])
-        ctx.fail_if_torch_dropout(
-            "the exercise is to write the mask yourself, e.g. with torch.rand_like or torch.bernoulli"
-        )
-
-    props = [
-        Property(
-            f"returns (output, weights) of shapes {case.shapes()['output']}, {case.shapes()['weights']}",
-            1,
-            returns_pair,
-        ),
-        Property("with training=False: plain softmax(q k^T / sqrt(d)) attention", 2, eval_plain),
-        Property("drops a fraction p of the attention weights (after the softmax)", 2, drop_fraction),
-        Property("scales the kept weights by 1/(1-p) (rows sum to 1 on average)", 2, scaling),
-        Property("the output is the dropped weights @ v", 1, output_uses_weights),
-    ]
-    return props + [
-        Property("a fresh, independent mask for each weight, sample and call", 1, independent_masks),
-        Property("p=1 gives zeros (no NaN), p=0 plain attention", 1, edge_cases),
-        Property("does not modify q, k, v", 1, no_inplace),
-        Property("keeps float64; gradients flow to q, k and v", 1, dtype_and_grad),
-        Property("does not call torch's own dropout", 1, no_torch_dropout),
-    ]
+    weights = case.shapes()["weights"]
+    adapter = Adapter(
+        unit="attention weights",
+        one_unit="weight",
+        kept="kept attention weights",
+        run=lambda ctx, p, training=True, seed=0, tag="": _run(ctx, case, p, training, seed, tag),
+        observe=lambda ctx, p, seed, tag: _observe(ctx, case, p, seed, tag),
+        check_identity=check_identity,
+        mistakes={
+            "same mask": "the same mask on every call: two calls on the same inputs dropped exactly the same "
+            "weights; draw a new random mask inside each call (do not reseed the RNG or reuse a stored mask)",
+            "p1": "p=1 should drop every attention weight: weights and output all zeros",
+            "p1 result": "the weights and the output are zeros",
+            "torch dropout": "the exercise is to write the mask yourself, e.g. with torch.rand_like or "
+            "torch.bernoulli",
+        },
+        patterns=[
+            (
+                0,
+                "one mask is shared by the whole batch: every sample has the same attention weights dropped; "
+                f"draw a mask of the weights' full shape {weights}",
+            ),
+            (
+                2,
+                "whole rows are dropped: each query keeps all its keys or none (a mask of shape (..., T_q, 1)); "
+                "draw one mask value per weight, shape (..., T_q, T_k)",
+            ),
+            (
+                1,
+                "whole keys are dropped for every query (a mask of shape (..., 1, T_k)); draw one mask value "
+                "per weight, shape (..., T_q, T_k)",
+            ),
+        ],
+        returns=f"returns (output, weights) of shapes {case.shapes()['output']}, {weights}",
+        eval_name="with training=False: plain softmax(q k^T / sqrt(d)) attention",
+        eval_points=2,
+        eval_p=(0.0, p_values[1]),
+        independence="a fresh, independent mask for each weight, sample and call",
+        edge="p=1 gives zeros (no NaN), p=0 plain attention",
+        inplace="does not modify q, k, v",
+        nothing_dropped=nothing_dropped,
+        kept_ratios=lambda ctx, obs, p: _kept_ratios(ctx, case, obs, p),
+        check_p1=check_p1,
+        extra=[Property("the output is the dropped weights @ v", 1, output_uses_weights)],
+        trailing=[Property("keeps float64; gradients flow to q, k and v", 1, dtype_and_grad)],
+    )
+    return mask_properties(adapter, p_values)

@@ -330,7 +330,7 @@ CHECKS.append(
     CheckSpec(
         "attention_with_dropout_hidden",
         attention_properties(
-            AttentionCase("attention_with_dropout", (6, 4), 12, 12, 16, 16), p_values=(0.1, 0.85), hidden=True
+            AttentionCase("attention_with_dropout", (6, 4), 12, 12, 16, 16), p_values=(0.1, 0.85)
         ),
         hidden=True,
         originality=_ATTENTION,

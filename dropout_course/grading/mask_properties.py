@@ -26,6 +26,7 @@ __all__ = [
     "Observation",
     "Adapter",
     "mask_properties",
+    "observed",
     "check_rejects_bad_p",
     "record_unchanged",
     "TOGGLE_MESSAGE",
@@ -121,6 +122,16 @@ def check_rejects_bad_p(ctx: CheckContext, build: Callable[[float], object], cal
         raise Fail(f"`{shown}` is accepted ({shown_run}); raise ValueError for p outside [0, 1]")
 
 
+def observed(
+    ctx: CheckContext, a: Adapter, p: float, seed: int = 0, tag: str = "", explain=False
+) -> Observation:
+    """``a.observe`` once per check and call; ``explain``: when nothing was dropped, let the adapter say why."""
+    obs = ctx.memo(("observation", p, seed, tag), lambda: a.observe(ctx, p, seed, tag))
+    if explain and not obs.dropped.any():
+        a.nothing_dropped(obs, p)
+    return obs
+
+
 def _constant_along(dropped: np.ndarray, axis: int) -> bool:
     return bool((dropped.all(axis=axis) == dropped.any(axis=axis)).all())
 
@@ -129,15 +140,6 @@ def mask_properties(a: Adapter, p_values: tuple[float, float] = (0.2, 0.7)) -> l
     """The properties of a dropout mask seen through adapter ``a``, in order: ``a.leading``, returns,
     eval identity, train/eval toggle, drop fraction, scale, ``a.extra``, independence, p=1 / p=0,
     inputs unchanged, ``a.trailing``, rejects bad p, no torch dropout."""
-
-    def observe(ctx, p: float, seed: int = 0, tag: str = "") -> Observation:
-        return ctx.memo(("observation", p, seed, tag), lambda: a.observe(ctx, p, seed, tag))
-
-    def dropped_some(ctx, p: float, seed: int = 0, tag: str = "") -> Observation:
-        obs = observe(ctx, p, seed, tag)
-        if not obs.dropped.any():
-            a.nothing_dropped(obs, p)
-        return obs
 
     def returns(ctx):
         a.run(ctx, p_values[0])
@@ -148,33 +150,33 @@ def mask_properties(a: Adapter, p_values: tuple[float, float] = (0.2, 0.7)) -> l
 
     def toggle(ctx):
         a.check_identity(ctx, 0.5, False, 11)
-        if not observe(ctx, 0.5, 11, "after .eval()").dropped.any():
+        if not observed(ctx, a, 0.5, 11, "after .eval()").dropped.any():
             raise Fail(TOGGLE_MESSAGE)
 
     def drop_fraction(ctx):
         for p in p_values:
-            dropped = dropped_some(ctx, p).dropped
+            dropped = observed(ctx, a, p, explain=True).dropped
             diagnose_drop_fraction(float(dropped.mean()), p, independent_draws(dropped), a.unit)
 
     def scaling(ctx):
         for p in p_values:
-            obs = dropped_some(ctx, p)
+            obs = observed(ctx, a, p, explain=True)
             ratios = obs.ratios if a.kept_ratios is None else a.kept_ratios(ctx, obs, p)
             diagnose_scale(ratios, p, a.kept)
 
     def independent(ctx):
         p = 0.5
-        dropped = dropped_some(ctx, p).dropped
+        dropped = observed(ctx, a, p, explain=True).dropped
         for axis, message in a.patterns:
             if dropped.shape[axis] > 1 and _constant_along(dropped, axis):
                 state = "dropped" if dropped.all() else "kept"
                 raise Fail(message.format(n=dropped.shape[axis], state=state, p=p))
-        if np.array_equal(dropped, observe(ctx, p, 0, "second call").dropped):
+        if np.array_equal(dropped, observed(ctx, a, p, tag="second call").dropped):
             raise Fail(a.mistakes["same mask"])
 
     def edge_cases(ctx):
         try:
-            obs = observe(ctx, 1.0)
+            obs = observed(ctx, a, 1.0)
         except Fail as exc:
             if "ZeroDivisionError" in str(exc):
                 raise Fail(
