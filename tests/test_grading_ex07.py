@@ -73,13 +73,45 @@ def ok_thompson_reference(q_net, obs):
     return rl.thompson_action(q_net, obs)
 
 
-@pytest.mark.parametrize("fn", [ok_greedy, ok_greedy_item])
+def ok_greedy_unbatched(q_net, obs):  # a 1-D observation straight into the network: Linear accepts it
+    was = q_net.training
+    q_net.eval()
+    with torch.no_grad():
+        q = q_net(torch.tensor(obs))
+    q_net.train(was)
+    return int(torch.argmax(q))
+
+
+def ok_thompson_dropout_modules_only(q_net, obs):  # only the dropout modules switched on, each mode restored
+    modes = {m: m.training for m in q_net.modules()}
+    for m in q_net.modules():
+        if "Dropout" in type(m).__name__:
+            m.train()
+    with torch.no_grad():
+        q = q_net(torch.tensor(obs).unsqueeze(0)).squeeze(0)
+    for m, mode in modes.items():
+        m.training = mode
+    return int(q.argmax())
+
+
+def ok_thompson_max_indices(q_net, obs):
+    was = q_net.training
+    q_net.train(True)
+    with torch.no_grad():
+        _, action = q_net(torch.from_numpy(obs).float().view(1, -1)).max(dim=1)
+    q_net.train(was)
+    return action.item()
+
+
+@pytest.mark.parametrize("fn", [ok_greedy, ok_greedy_item, ok_greedy_unbatched])
 def test_correct_greedy_gets_full_marks(grader, fn):
     result = grader.check("greedy_action", fn)
     assert result.passed and result.score == result.max_score, "\n".join(result.messages)
 
 
-@pytest.mark.parametrize("fn", [ok_thompson, ok_thompson_numpy])
+@pytest.mark.parametrize(
+    "fn", [ok_thompson, ok_thompson_numpy, ok_thompson_dropout_modules_only, ok_thompson_max_indices]
+)
 def test_correct_thompson_gets_full_marks(grader, fn):
     for name in ("thompson_action", "thompson_action_hidden"):
         result = grader.check(name, fn)
@@ -118,7 +150,13 @@ def greedy_course(q_net, obs):
     return greedy_action(q_net, obs)
 
 
+def greedy_mc_mean(q_net, obs):  # the mean of 200 dropout samples instead of the eval-mode Q-values
+    x = torch.as_tensor(obs)[None].repeat(200, 1)
+    return int(_q_batch(q_net, x).mean(0).argmax())
+
+
 WRONG_GREEDY = {
+    greedy_mc_mean: ["the dropout layers ran in train mode", "`q_net.eval()`"],
     rl.greedy_action: ["not credited: calls dropout_course.rl.actions.greedy_action"],
     greedy_course: ["not credited: calls dropout_course.rl.actions.greedy_action"],
     greedy_numpy_int: ["returns a numpy int64, not a Python int"],
@@ -194,7 +232,24 @@ def thompson_cached_mask(q_net, obs):  # one mask drawn at the first call, kept 
         return int(_q(q_net, obs, True).argmax())
 
 
+def epsilon_mixed_in(q_net, obs):  # "for safety" a random action 10% of the time
+    if np.random.random() < 0.1:
+        return int(np.random.randint(len(_q(q_net, obs, False))))
+    return ok_thompson(q_net, obs)
+
+
+def softmax_of_sample(q_net, obs):  # Boltzmann exploration on the sampled Q-values
+    return int(torch.multinomial(torch.softmax(_q(q_net, obs, True), 0), 1))
+
+
+def boltzmann_eval(q_net, obs):  # random, but not from a dropout mask
+    return int(torch.multinomial(torch.softmax(_q(q_net, obs, False), 0), 1))
+
+
 WRONG_THOMPSON = {
+    epsilon_mixed_in: ["action 0 is chosen", "epsilon-greedy or softmax mix-in"],
+    softmax_of_sample: ["action 0 is chosen", "epsilon-greedy or softmax mix-in"],
+    boltzmann_eval: ["the network's dropout layers never ran in train mode", "PASS returns a Python int"],
     ok_thompson_reference: ["not credited: calls dropout_course.rl.actions.thompson_action"],
     thompson_cached_mask: ["every call uses the same mask"],
     dropout_off: ["(the greedy one)", "dropout is off"],
@@ -204,7 +259,7 @@ WRONG_THOMPSON = {
     ends_in_eval: ["leaves the network in eval mode, it was in train mode", "PASS chooses actions"],
     averages_samples: ["too deterministic", "ONE sampled network"],
     reseeds: ["every call uses the same mask"],
-    dropout_on_q_values: ["differ from those of one dropout mask per decision"],
+    dropout_on_q_values: ["the network's dropout layers never ran in train mode"],
 }
 
 

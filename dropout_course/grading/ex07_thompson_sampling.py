@@ -4,7 +4,9 @@ Checks: ``greedy_action`` (``f(q_net, obs) -> int``, dropout off), ``thompson_ac
 int``, one dropout mask per decision) and the hidden ``thompson_action_hidden`` (another network built from
 ``torch.nn.Dropout``, four actions). Action frequencies are compared with the exact distribution of
 one-mask Thompson sampling (estimated from 20,000 masks in one batched pass) within binomial tolerances,
-so any correct implementation passes whatever the order of its random calls.
+so any correct implementation passes whatever the order of its random calls; on the course's network at two
+observations, one of them with an action that almost no mask picks (an epsilon-greedy or softmax mix-in
+takes it). The randomness must come from the network's dropout layers running in train mode.
 """
 
 from __future__ import annotations
@@ -32,19 +34,27 @@ N_CALLS = 400  # decisions sampled from the learner's thompson_action
 SIGMAS = 4.5  # per-action tolerance in binomial standard deviations
 
 
-def _qnet(hidden_kind: str = "course"):
-    """The test networks: a course QNetwork (obs 4 -> 3 actions) or a torch nn.Dropout net (4 actions)."""
+# seeds of the observations whose Thompson action frequencies are checked, per network: on the course's
+# the first is a spread-out state, the second one where action 0 wins almost no mask (0.1%), so that an
+# action Thompson sampling never takes (an epsilon-greedy or softmax mix-in) is seen
+OBSERVATION_SEEDS = {"course": (14, 1), "torch": (5,)}
+
+
+def _qnet(hidden_kind: str = "course", obs_seed: int | None = None):
+    """The test networks: a course QNetwork (obs 4 -> 3 actions) or a torch nn.Dropout net (4 actions),
+    and an observation (the first of :data:`OBSERVATION_SEEDS` unless ``obs_seed`` is given)."""
+    obs_seed = OBSERVATION_SEEDS[hidden_kind][0] if obs_seed is None else obs_seed
     with torch.random.fork_rng(devices=[]):
         if hidden_kind == "course":
             from ..models import QNetwork, QNetworkConfig
 
             torch.manual_seed(14)
             net = QNetwork(QNetworkConfig(4, 3, (32,), 0.5))
-            obs = torch.randn(1, 4, generator=torch.Generator().manual_seed(14))
+            obs = torch.randn(1, 4, generator=torch.Generator().manual_seed(obs_seed))
         else:
             torch.manual_seed(3)
             net = nn.Sequential(nn.Linear(3, 24), nn.ReLU(), nn.Dropout(0.4), nn.Linear(24, 4))
-            obs = torch.randn(1, 3, generator=torch.Generator().manual_seed(5))
+            obs = torch.randn(1, 3, generator=torch.Generator().manual_seed(obs_seed))
     return net, obs[0].numpy().astype(np.float32)
 
 
@@ -126,9 +136,21 @@ def _greedy_is_argmax(ctx):
         q = net(torch.as_tensor(np.stack(observations)))  # (6, 3)
     best, worst = q.argmax(1).tolist(), q.argmin(1).tolist()
     got = []
-    for obs in observations:
-        net.train()  # the function must switch dropout off itself
-        got.append(_as_action(ctx.call(ctx.candidate, net, obs.copy(), copy_args=False), "greedy_action", 3))
+    dropout_on: list[bool] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: dropout_on.append(mod.training))
+        for m in net.modules()
+        if "Dropout" in type(m).__name__
+    ]
+    try:
+        for obs in observations:
+            net.train()  # the function must switch dropout off itself
+            got.append(
+                _as_action(ctx.call(ctx.candidate, net, obs.copy(), copy_args=False), "greedy_action", 3)
+            )
+    finally:
+        for h in hooks:
+            h.remove()
     if got == best:
         again = [
             _as_action(ctx.call(ctx.candidate, net.train(), obs0.copy(), copy_args=False), "greedy_action", 3)
@@ -137,6 +159,11 @@ def _greedy_is_argmax(ctx):
         if len(set(again)) > 1:
             raise Fail(
                 "repeated calls on one observation give different actions: dropout is on; use eval mode"
+            )
+        if any(dropout_on):
+            raise Fail(
+                "the dropout layers ran in train mode (sampling masks): the greedy Q-values are those of the "
+                "network in eval mode, `q_net.eval()`, not an average of dropout samples"
             )
         return
     if got == worst:
@@ -168,11 +195,11 @@ CHECKS.append(
 # --------------------------------------------------------------------------- thompson_action
 
 
-def _samples(ctx, kind: str = "course"):
+def _samples(ctx, kind: str = "course", obs_seed: int | None = None):
     """N_CALLS decisions of the learner; their frequencies, the reference's, and whether dropout ran on."""
 
     def compute():
-        net, obs = _qnet(kind)
+        net, obs = _qnet(kind, obs_seed)
         freq, freq_min, greedy = _reference(net, obs)
         net.eval()
         k = len(freq)
@@ -192,7 +219,12 @@ def _samples(ctx, kind: str = "course"):
                 h.remove()
         return np.bincount(actions, minlength=k) / N_CALLS, freq, freq_min, greedy, any(dropout_on)
 
-    return ctx.memo(("samples", kind), compute)
+    return ctx.memo(("samples", kind, obs_seed), compute)
+
+
+def _upper(expected):
+    """The largest frequency over N_CALLS calls still consistent with probability ``expected``."""
+    return expected + SIGMAS * np.sqrt(expected * (1 - expected) / N_CALLS) + 1.0 / N_CALLS
 
 
 def _close(observed: np.ndarray, expected: np.ndarray) -> bool:
@@ -218,10 +250,21 @@ def _thompson_varies(ctx, kind: str = "course"):
             f"all {N_CALLS} calls return action {action}: every call uses the same mask. Draw a fresh mask "
             "each call (do not reseed or cache the mask inside the function)"
         )
+    if not dropout_ran:
+        raise Fail(
+            "the actions vary, but the network's dropout layers never ran in train mode: the randomness does "
+            "not come from a dropout mask. A Thompson sample is ONE forward pass with the network in train "
+            "mode (`q_net.train()`), then the argmax of its Q-values"
+        )
 
 
 def _thompson_distribution(ctx, kind: str = "course"):
-    observed, freq, freq_min, greedy, _ = _samples(ctx, kind)
+    for obs_seed in OBSERVATION_SEEDS[kind]:
+        _thompson_distribution_at(ctx, kind, obs_seed)
+
+
+def _thompson_distribution_at(ctx, kind: str, obs_seed: int):
+    observed, freq, freq_min, greedy, _ = _samples(ctx, kind, obs_seed)
     if _close(observed, freq):
         return
     _thompson_varies(ctx, kind)
@@ -234,6 +277,14 @@ def _thompson_distribution(ctx, kind: str = "course"):
             f"too deterministic: the greedy action {greedy} is chosen {observed[greedy]:.0%} of the time, one "
             f"mask per decision gives {freq[greedy]:.0%}. Thompson sampling acts on ONE sampled network "
             "(one forward pass with one mask), not on the average of several samples"
+        )
+    never = [a for a in range(len(freq)) if freq[a] <= 0.005 and observed[a] > _upper(freq[a])]
+    if never:
+        raise Fail(
+            f"action {never[0]} is chosen {observed[never[0]]:.1%} of the time, but it wins under "
+            f"{freq[never[0]]:.1%} of the dropout masks (frequencies {_fmt(observed)}, one mask per decision "
+            f"{_fmt(freq)}): something other than the sampled network picks actions (an epsilon-greedy or "
+            "softmax mix-in?). Thompson sampling takes the argmax of the sampled Q-values, every time"
         )
     raise Fail(
         f"action frequencies {_fmt(observed)} over {N_CALLS} calls differ from those of one dropout mask "
