@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ from pathlib import Path
 from .gradebook import FIXED_COLUMNS, Gradebook, check_out_path
 from .plan import build_graded_notebook
 from .release import repo_root
-from .sandbox import SANDBOX_UID_BASE, _pids_of_uid, is_root, sandbox_uid
+from .sandbox import changes_user, is_root, kill_judge_sandboxes
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -84,12 +83,8 @@ class _Judge:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        if is_root():  # its sandbox's processes, if it left any
-            for pid in _pids_of_uid(SANDBOX_UID_BASE + self.proc.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+        if is_root():  # its sandboxes' processes, if it left any
+            kill_judge_sandboxes(self.proc.pid)
 
     def run(self, task: dict, limit: float) -> dict:
         """Send ``task``; return its row (from the judge, or built from the checks it reported)."""
@@ -171,7 +166,7 @@ class _Run:
         self.done = 0
         self.total = len(todo)
         # as root the sandbox cannot write the package; otherwise a change on disk is caught here
-        self.digest = None if sandbox_uid() is not None else package_digest()
+        self.digest = None if changes_user() else package_digest()
 
     def integrity(self, row: dict) -> list[str]:
         flags = [row["integrity"]] if row.get("integrity") else []

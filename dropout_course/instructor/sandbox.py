@@ -11,23 +11,29 @@ The child, before any learner code runs:
   write the course package, the submissions, the gradebook's folder or the judge's files, nor signal
   the judge. As another user it has only those limits: see the README's grading section.
 
-At the end the judge kills the process group and, as root, every process left under the sandbox's uid
-(detached or re-parented ones included), then removes the folder.
+At the end the judge kills the worker alone and reaps it; whatever of the sandbox still runs then outlived
+it, so the learner's code left it behind (the integrity note counts these). Then every process of the
+sandbox is killed: as root everything holding its uid (detached or re-parented ones included), otherwise its
+session and process group. As root each sandbox has a uid of its own (a fresh one from its judge's range),
+so no process of another sandbox, earlier or at the same time, is ever counted or killed with it.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import resource
 import shutil
 import signal
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 SANDBOX_UID_BASE = 2_100_000_000
+UIDS_PER_JUDGE = 512  # a judge's range of sandbox uids (one per sandbox, used in turn)
+PID_LIMIT = 1 << 22  # the kernel's largest pid_max: every judge's range stays below uid 2**32 - 2
 DEFAULT_MEMORY_MB = 3072
 DEFAULT_CPU_SECONDS = 900
+KILL_ROUNDS = 20  # kill passes before a sandbox is given up as unkillable (one pass is enough as root)
 
 
 def is_root() -> bool:
@@ -37,72 +43,158 @@ def is_root() -> bool:
 AS_SELF_ENV = "DROPOUT_COURSE_GRADE_AS_SELF"  # "1": never change user (weaker; see the README)
 
 
-def sandbox_uid() -> int | None:
-    """The uid the worker drops to (one per judge process, unused by anything else), or None if not root."""
-    if not is_root() or os.environ.get(AS_SELF_ENV) == "1":
-        return None
-    return SANDBOX_UID_BASE + os.getpid()
+def changes_user() -> bool:
+    """Whether each sandbox runs as a user of its own (the judge runs as root, unless AS_SELF_ENV is "1")."""
+    return is_root() and os.environ.get(AS_SELF_ENV) != "1"
+
+
+def judge_uids(judge_pid: int) -> range:
+    """The uids the sandboxes of the judge process ``judge_pid`` get (no other judge's and no user's)."""
+    if not 0 < judge_pid < PID_LIMIT:
+        raise ValueError(f"judge pid {judge_pid} is outside 1..{PID_LIMIT - 1}: it has no sandbox uids")
+    first = SANDBOX_UID_BASE + judge_pid * UIDS_PER_JUDGE
+    return range(first, first + UIDS_PER_JUDGE)
+
+
+_slots = itertools.count()
+
+
+def _fresh_uid() -> int:
+    """The next uid of this judge's range that no process holds (not even a zombie)."""
+    uids = judge_uids(os.getpid())
+    held = {uid for proc in _processes() for uid in proc.uids if uid in uids}
+    for _ in range(len(uids)):
+        uid = uids[next(_slots) % len(uids)]
+        if uid not in held:
+            return uid
+    raise RuntimeError(
+        f"every sandbox uid of judge {os.getpid()} ({uids.start}..{uids.stop - 1}) is held by a process"
+    )
 
 
 @dataclass
 class Sandbox:
+    """The judge's handle on one sandboxed worker: its pid, its pipes, its folder, its uid (None: not root)."""
+
     pid: int
     to_worker: int  # judge writes requests here
     from_worker: int  # judge reads replies here
     folder: str
     uid: int | None
-    leftovers: list[str] = field(default_factory=list)
+    ended: bool = False  # killed and reaped: its pid may belong to another process now
 
-    def alive(self) -> bool:
-        try:
-            pid, _ = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            return False
-        return pid == 0
-
-    def _other_running(self) -> int:
-        """How many processes of the sandbox other than the worker itself are running."""
-        pids = _pids_of_uid(self.uid) if self.uid is not None else _pids_of_group(self.pid)
-        return len([p for p in _running(pids) if p != self.pid])
+    def members(self) -> list[_Process]:
+        """The sandbox's processes other than the worker: those holding its uid as root, else those of the
+        session and process group the worker leads."""
+        if self.uid is not None:
+            return [p for p in _processes() if self.uid in p.uids and p.pid != self.pid]
+        return [p for p in _processes() if self.pid in (p.pgid, p.sid) and p.pid != self.pid]
 
     def kill(self) -> int:
-        """Kill the worker, its process group and (as root) every process of its uid; return how many
-        *other* processes were still running (detached or background ones)."""
-        others = self._other_running()
-        if others:  # a process that is just exiting is not left running: look again a moment later
-            time.sleep(0.05)
-            others = self._other_running()
+        """End the sandbox; return how many processes the learner's code left running.
+
+        The worker is killed alone and reaped first: a process of the sandbox still running after that
+        (not exited, not exiting, no SIGKILL pending) outlived the worker. Then all of them are killed.
+        """
+        if self.ended:
+            return 0
+        self.ended = True
         try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
-        if self.uid is not None:
-            for _ in range(5):
-                pids = _pids_of_uid(self.uid)
-                if not pids:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-                time.sleep(0.01)
         try:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
             pass
+        left = running = [p.pid for p in self.members() if not p.dying]
+        for _ in range(KILL_ROUNDS):
+            if not running:
+                break
+            if self.uid is not None:
+                _kill_uid(self.uid)
+            else:
+                _kill_group(self.pid, running)
+            running = [p.pid for p in self.members() if not p.dying]
         for fd in (self.to_worker, self.from_worker):
             try:
                 os.close(fd)
             except OSError:
                 pass
         shutil.rmtree(self.folder, ignore_errors=True)
-        return others
+        return len(left)
 
 
-def _running(pids: list[int]) -> list[int]:
-    """The processes among ``pids`` that are still running (not zombies waiting to be reaped)."""
-    return [p for p in pids if not _proc_status(str(p)).get("State", "").strip().startswith(("Z", "X"))]
+@dataclass(frozen=True)
+class _Process:
+    """A process as ``/proc`` shows it, with what the sandbox's bookkeeping needs."""
+
+    pid: int
+    uids: tuple[int, ...]  # real, effective, saved, filesystem
+    pgid: int
+    sid: int
+    dying: bool  # a zombie, exiting, or with a SIGKILL pending: it will not run any more code
+
+
+PF_EXITING = 0x4
+SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
+
+
+def _processes() -> list[_Process]:
+    """Every process of the machine (one ``/proc`` scan; those that vanish meanwhile are left out)."""
+    procs = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="utf-8", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold ")"
+            with open(f"/proc/{name}/status", encoding="utf-8", errors="replace") as fh:
+                status = dict(line.split(":", 1) for line in fh if ":" in line)
+            pending = int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
+            uids = tuple(int(u) for u in status["Uid"].split())
+            state, pgid, sid, flags = fields[0], int(fields[2]), int(fields[3]), int(fields[6])
+        except (OSError, IndexError, KeyError, ValueError):
+            continue
+        dying = state in ("Z", "X", "x") or bool(flags & PF_EXITING) or bool(pending & SIGKILL_BIT)
+        procs.append(_Process(int(name), uids, pgid, sid, dying))
+    return procs
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process holding ``uid`` at once: a helper that becomes ``uid`` sends ``kill(-1)``, which
+    the kernel delivers to all of them in one pass (a process forking meanwhile cannot escape it)."""
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.setresuid(uid, uid, uid)  # no capability left: kill(-1) reaches only this uid's processes
+            os.kill(-1, signal.SIGKILL)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+        os._exit(0)
+    os.waitpid(helper, 0)
+    for proc in _processes():  # and one by one, in case the helper could not do it
+        if uid in proc.uids and not proc.dying:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _kill_group(pgid: int, pids: list[int]) -> None:
+    """SIGKILL the process group ``pgid`` and ``pids`` (a sandbox's session when not running as root)."""
+    for kill, target in [(os.killpg, pgid)] + [(os.kill, pid) for pid in pids]:
+        try:
+            kill(target, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def kill_judge_sandboxes(judge_pid: int) -> None:
+    """Kill every process of the sandboxes of the judge ``judge_pid`` (as root: it was stopped, they stay)."""
+    uids = judge_uids(judge_pid)
+    for uid in sorted({u for proc in _processes() for u in proc.uids if u in uids}):
+        _kill_uid(uid)
 
 
 def _proc_status(pid: str) -> dict:
@@ -111,36 +203,6 @@ def _proc_status(pid: str) -> dict:
             return dict(line.split(":", 1) for line in fh if ":" in line)
     except OSError:
         return {}
-
-
-def _proc_pids() -> list[str]:
-    try:
-        return [name for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return []
-
-
-def _pids_of_uid(uid: int) -> list[int]:
-    pids = []
-    for name in _proc_pids():
-        if name.isdigit():
-            status = _proc_status(name)
-            uids = status.get("Uid", "").split()
-            if uids and str(uid) in uids:
-                pids.append(int(name))
-    return pids
-
-
-def _pids_of_group(pgid: int) -> list[int]:
-    pids = []
-    for name in _proc_pids():
-        if name.isdigit():
-            try:
-                if os.getpgid(int(name)) == pgid:
-                    pids.append(int(name))
-            except OSError:
-                continue
-    return pids
 
 
 PR_SET_KEEPCAPS = 8
@@ -280,7 +342,7 @@ def _child(req_r: int, rep_w: int, folder: str, uid: int | None, memory_mb: int,
 
 def start(memory_mb: int = DEFAULT_MEMORY_MB, cpu_seconds: int = DEFAULT_CPU_SECONDS) -> Sandbox:
     """Fork a worker in a fresh sandbox; return the judge's handle on it."""
-    uid = sandbox_uid()
+    uid = _fresh_uid() if changes_user() else None
     folder = tempfile.mkdtemp(prefix="dropout-course-sandbox-")
     if uid is not None:
         os.chown(folder, uid, uid)
