@@ -19,15 +19,8 @@ from .attention_checks import AttentionCase, attention_properties
 from .core import CheckContext, CheckSpec, Fail, Originality, Property, fail_if_torch_dropout_module
 from .dropout_checks import Variant, forward_properties, function_caller, variant_fingerprint
 from .ex01_inverted_dropout import REFERENCES
-from .mask_properties import check_rejects_bad_p
-from .masks import (
-    as_tensor_output,
-    diagnose_drop_fraction,
-    diagnose_scale,
-    independent_draws,
-    make_input,
-    unchanged,
-)
+from .mask_properties import Adapter, Observation, mask_properties, record_unchanged
+from .masks import as_tensor_output, make_input, unchanged
 
 EXERCISE = "ex05_attention_dropout"
 CHECKS: list[CheckSpec] = []  # this exercise\'s checks, in notebook order
@@ -128,7 +121,7 @@ def _block_run(ctx, p: float, training: bool = True, seed: int = 0, tag: str = "
         x = make_input(_SHAPE, seed)
         x_passed = x.clone()
         y = as_tensor_output(ctx.call(block, x_passed, copy_args=False), x, "ResidualBlock.forward")
-        ctx.cache.setdefault("inplace", []).append((x, x_passed))
+        record_unchanged(ctx, lambda: unchanged(x, x_passed, "the input tensor"))
         with torch.no_grad():
             f = branch(x)
         if not torch.isfinite(y).all():
@@ -146,13 +139,10 @@ def _per_sample(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(len(t), -1)
 
 
-def _dropped_branches(
-    ctx, p: float, tag: str = ""
-) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Which samples had their branch dropped (y == x); Fail on a mask that is not per sample, or none."""
-    x, f, y = _block_run(ctx, p, tag=tag)
-    if torch.allclose(y, x + f, rtol=1e-5, atol=_TOL):
-        raise Fail(f"no branch is dropped at p={p:g} in training mode: every sample gets x + branch(x)")
+def _observe(ctx, p: float, seed: int = 0, tag: str = "") -> Observation:
+    """A training-mode call: units are the samples' branches (dropped where y == x), kept ratios
+    ``(y - x) / branch(x)``; Fail on an output that is not x or x + c * branch(x) per sample."""
+    x, f, y = _block_run(ctx, p, seed=seed, tag=tag)
     zero = _per_sample(y == 0)
     if zero.all(1).any():
         raise Fail(
@@ -198,128 +188,101 @@ def _dropped_branches(
                 f"no branch is removed completely: every sample gets x + c * branch(x), with c from {lo:.3g} to "
                 f"{hi:.3g}; a dropped branch contributes nothing (out = x), a kept one branch(x) / (1-p)"
             )
-    return same.all(1).numpy(), x, f, y
+    dropped = same.all(1)
+    return Observation(dropped.numpy(), ratio[~dropped].flatten().numpy(), (x, f, y))
 
 
-def _residual_properties() -> list[Property]:
-    def is_module(ctx):
-        block, branch = _build(ctx, 0.3)
-        params = {id(t) for t in block.parameters()}
-        if not all(id(t) in params for t in branch.parameters()):
-            raise Fail(
-                "the branch is not registered as a submodule, so its parameters are not in "
-                "block.parameters() and would never be trained: assign it in __init__, `self.branch = branch`"
-            )
-        fail_if_torch_dropout_module(block, "uses", "write DropPath yourself")
+def _nothing_dropped(obs: Observation, p: float) -> None:
+    x, f, y = obs.data
+    if torch.allclose(y, x + f, rtol=1e-5, atol=_TOL):
+        raise Fail(f"no branch is dropped at p={p:g} in training mode: every sample gets x + branch(x)")
 
-    def train_eval(ctx):
-        p = 0.5
-        x, f, y = _block_run(ctx, p, training=False)
-        if torch.allclose(y, x + f, rtol=1e-5, atol=_TOL):
-            pass
-        elif torch.allclose(y, f, rtol=1e-5, atol=_TOL):
-            raise Fail("the skip connection is missing in eval mode: return x + branch(x)")
-        elif torch.allclose(y, x, rtol=1e-5, atol=_TOL):
-            raise Fail("the branch is skipped for every sample in eval mode: return x + branch(x)")
-        elif (_per_sample((y - x).abs() <= _TOL).all(1)).any() or (y == 0).any():
-            raise Fail("DropPath is still applied in eval mode: return x + branch(x) for every sample")
-        else:
-            ratio = float(((y - x) / f).median())
-            if abs(ratio - (1 - p)) < 1e-4:
-                raise Fail(
-                    "the branch is scaled by (1-p) in eval mode: that is non-inverted dropout; kept branches "
-                    "were already divided by (1-p) in training, so return x + branch(x)"
-                )
-            if abs(ratio - 1 / (1 - p)) < 1e-4:
-                raise Fail("rescaling by 1/(1-p) is still applied in eval mode: return x + branch(x)")
-            raise Fail("in eval mode the output is not x + branch(x)")
-        x, f, y = _block_run(ctx, p)
-        if torch.allclose(y, x + f, rtol=1e-5, atol=_TOL):
-            raise Fail(
-                "after .train() nothing changes (every sample gets x + branch(x)): read the mode from "
-                "`self.training` in forward (set by .train()/.eval()), do not store a flag of your own"
-            )
 
-    def drop_fraction(ctx):
-        for p in (0.2, 0.7):
-            dropped, *_ = _dropped_branches(ctx, p)
-            diagnose_drop_fraction(float(dropped.mean()), p, independent_draws(dropped), "samples' branches")
+def _skip_not_rescaled(ctx, obs: Observation, p: float) -> np.ndarray:
+    """The kept branches' scales, after failing if x was rescaled with them."""
+    x, f, y = obs.data
+    kept = torch.from_numpy(~obs.dropped)
+    ratio_sum = (y[kept] / (x + f)[kept]).flatten()
+    if kept.any() and torch.allclose(ratio_sum, torch.full_like(ratio_sum, 1 / (1 - p)), rtol=1e-4):
+        raise Fail(
+            "the skip connection is rescaled too: kept samples give (x + branch(x))/(1-p); divide only "
+            "the branch, x + branch(x) * mask/(1-p)"
+        )
+    return obs.ratios
 
-    def scaling(ctx):
-        for p in (0.2, 0.7):
-            dropped, x, f, y = _dropped_branches(ctx, p)
-            kept = torch.from_numpy(~dropped)
-            if not kept.any():
-                continue  # nothing kept to measure; the fraction and independence properties say why
-            ratio_sum = (y[kept] / (x + f)[kept]).flatten()
-            if torch.allclose(ratio_sum, torch.full_like(ratio_sum, 1 / (1 - p)), rtol=1e-4):
-                raise Fail(
-                    "the skip connection is rescaled too: kept samples give (x + branch(x))/(1-p); divide only "
-                    "the branch, x + branch(x) * mask/(1-p)"
-                )
-            diagnose_scale(((y - x)[kept] / f[kept]).flatten().numpy(), p, "kept branch outputs")
 
-    def independent(ctx):
-        p = 0.5
-        dropped, *_ = _dropped_branches(ctx, p)
-        if dropped.all() or not dropped.any():
-            raise Fail(
-                f"one decision is shared by the whole batch: all {len(dropped)} branches were "
-                f"{'dropped' if dropped.all() else 'kept'} together at p={p:g}; draw an independent mask value "
-                "for each sample, shape (N, 1, 1)"
-            )
-        again, *_ = _dropped_branches(ctx, p, tag="second call")
-        if np.array_equal(dropped, again):
-            raise Fail(
-                "the same mask on every call: two calls on the same input dropped exactly the same samples' "
-                "branches; draw a new random mask inside each call"
-            )
+def _check_identity(ctx, p: float, training: bool, seed: int) -> None:
+    """Fail unless the block gives x + branch(x) (eval mode, or p=0)."""
+    x, f, y = _block_run(ctx, p, training, seed)
+    mode = f"at p={p:g} in training mode" if training else "in eval mode"
+    if torch.allclose(y, x + f, rtol=1e-5, atol=_TOL):
+        return
+    if torch.allclose(y, f, rtol=1e-5, atol=_TOL):
+        raise Fail(f"the skip connection is missing {mode}: return x + branch(x)")
+    if torch.allclose(y, x, rtol=1e-5, atol=_TOL):
+        raise Fail(f"the branch is skipped for every sample {mode}: return x + branch(x)")
+    if (_per_sample((y - x).abs() <= _TOL).all(1)).any() or (y == 0).any():
+        raise Fail(f"DropPath is still applied {mode}: return x + branch(x) for every sample")
+    ratio = float(((y - x) / f).median())
+    if abs(ratio - (1 - p)) < 1e-4:
+        raise Fail(
+            f"the branch is scaled by (1-p) {mode}: that is non-inverted dropout; kept branches "
+            "were already divided by (1-p) in training, so return x + branch(x)"
+        )
+    if abs(ratio - 1 / (1 - p)) < 1e-4:
+        raise Fail(f"rescaling by 1/(1-p) is still applied {mode}: return x + branch(x)")
+    raise Fail(f"{mode} the output is not x + branch(x) (branch scaled by {ratio:.4g})")
 
-    def edge_cases(ctx):
-        try:
-            x, f, y = _block_run(ctx, 1.0)
-        except Fail as exc:
-            if "ZeroDivisionError" in str(exc):
-                raise Fail(
-                    f"p=1 divides by zero (1-p = 0): when p == 1 every branch is dropped, so return x ({exc})"
-                ) from None
-            raise
-        if not torch.allclose(y, x, rtol=1e-6, atol=_TOL):
-            raise Fail("p=1 should drop every branch: the output is x")
-        x, f, y = _block_run(ctx, 0.0)
-        if not torch.allclose(y, x + f, rtol=1e-5, atol=_TOL):
-            raise Fail("p=0 should keep every branch unscaled: the output is x + branch(x)")
 
-    def rejects_bad_p(ctx):
-        name = getattr(ctx.candidate, "__name__", "ResidualBlock")
-        check_rejects_bad_p(ctx, lambda bad: _build(ctx, bad)[0], f"{name}(branch, {{p}})")
+def _is_module(ctx):
+    block, branch = _build(ctx, 0.3)
+    params = {id(t) for t in block.parameters()}
+    if not all(id(t) in params for t in branch.parameters()):
+        raise Fail(
+            "the branch is not registered as a submodule, so its parameters are not in "
+            "block.parameters() and would never be trained: assign it in __init__, `self.branch = branch`"
+        )
+    fail_if_torch_dropout_module(block, "uses", "write DropPath yourself")
 
-    def no_inplace(ctx):
-        _block_run(ctx, 0.2)
-        for x, x_passed in ctx.cache.get("inplace", []):
-            unchanged(x, x_passed, "the input tensor")
 
-    def no_torch_dropout(ctx):
-        _block_run(ctx, 0.2)
-        ctx.fail_if_torch_dropout("write DropPath's mask yourself")
-
-    return [
-        Property("is an nn.Module that registers its branch", 1, is_module),
-        Property("eval mode gives x + branch(x); follows .train() / .eval()", 2, train_eval),
-        Property("drops the branch (not x) of a fraction p of the samples", 2, drop_fraction),
-        Property("scales kept branches, and only them, by 1/(1-p)", 2, scaling),
-        Property("an independent decision for each sample and each call", 1, independent),
-        Property("p=1 gives x (no NaN), p=0 gives x + branch(x)", 1, edge_cases),
-        Property("raises ValueError for p outside [0, 1]", 1, rejects_bad_p),
-        Property("does not modify its input", 1, no_inplace),
-        Property("does not call torch's own dropout", 1, no_torch_dropout),
-    ]
+_RESIDUAL = Adapter(
+    unit="branches",
+    one_unit="branch",
+    kept="kept branch outputs",
+    run=lambda ctx, p, training=True, seed=0, tag="": _block_run(ctx, p, training, seed, tag),
+    observe=_observe,
+    check_identity=_check_identity,
+    mistakes={
+        "same mask": "the same mask on every call: two calls on the same input dropped exactly the same samples' "
+        "branches; draw a new random mask inside each call",
+        "p1": "p=1 should drop every branch: the output is x",
+        "p1 result": "return x",
+        "torch dropout": "write DropPath's mask yourself",
+    },
+    patterns=[
+        (
+            0,
+            "one decision is shared by the whole batch: all {n} branches were {state} together at p={p:g}; draw "
+            "an independent mask value for each sample, shape (N, 1, 1)",
+        )
+    ],
+    eval_name="eval mode gives x + branch(x)",
+    eval_p=(0.5,),
+    toggle=True,
+    independence="an independent decision for each sample and each call",
+    edge="p=1 gives x (no NaN), p=0 gives x + branch(x)",
+    nothing_dropped=_nothing_dropped,
+    kept_ratios=_skip_not_rescaled,
+    build=lambda ctx, p: _build(ctx, p)[0],
+    build_text=lambda ctx: f"{getattr(ctx.candidate, '__name__', 'ResidualBlock')}(branch, {{p}})",
+    leading=[Property("is an nn.Module that registers its branch", 1, _is_module)],
+)
 
 
 CHECKS.append(
     CheckSpec(
         "ResidualBlock",
-        _residual_properties(),
+        mask_properties(_RESIDUAL),
         originality=Originality("write the residual block with your own DropPath", REFERENCES),
     ),
 )
