@@ -57,7 +57,41 @@ def ok_loop_numpy(x, W, b, p):
     return torch.tensor(arith), torch.tensor(geo / geo.sum())
 
 
-@pytest.mark.parametrize("fn", [ok_vectorised, ok_loop_numpy])
+def ensemble_bits(x, W, b, p, *, masks=None, flipped=False):
+    """A loop over the integers 0 .. 2^n - 1, bit j of i = mask entry j (1 = kept)."""
+    n = x.shape[0]
+    arithmetic, log_geo = 0.0, 0.0
+    for i in range(2**n) if masks is None else masks(n):
+        m = torch.tensor([(i >> j) & 1 for j in range(n)], dtype=torch.float64)
+        prob = (1 - p) ** m.sum() * p ** (n - m.sum())
+        log_p = torch.log_softmax(W @ ((1 - m if flipped else m) * x / (1 - p)) + b, 0)
+        arithmetic, log_geo = arithmetic + prob * log_p.exp(), log_geo + prob * log_p
+    return arithmetic, torch.softmax(log_geo, 0)
+
+
+def ok_bits(x, W, b, p):
+    return ensemble_bits(x, W, b, p)
+
+
+def ok_geometric_from_logits(x, W, b, p):
+    """The geometric mean as the softmax of the weighted mean LOGITS: log_softmax only shifts each row."""
+    n = x.shape[0]
+    masks = torch.tensor(list(itertools.product([1.0, 0.0], repeat=n)), dtype=torch.float64)
+    prob = torch.where(masks > 0, masks.new_tensor(1 - p), masks.new_tensor(p)).prod(dim=1)
+    logits = (masks * x / (1 - p)) @ W.T + b
+    return prob @ torch.softmax(logits, 1), torch.softmax(prob @ logits, 0)
+
+
+def float32_weights(x, W, b, p):
+    """The mask probabilities in float32: torch.where of two Python floats gives a float32 tensor."""
+    n = x.shape[0]
+    masks = torch.tensor(list(itertools.product([1.0, 0.0], repeat=n)), dtype=torch.float64)
+    prob = torch.where(masks > 0, 1 - p, p).to(torch.float64).prod(dim=1)
+    log_p = torch.log_softmax((masks * x / (1 - p)) @ W.T + b, 1)
+    return prob @ log_p.exp(), torch.softmax(prob @ log_p, 0)
+
+
+@pytest.mark.parametrize("fn", [ok_vectorised, ok_loop_numpy, ok_bits, ok_geometric_from_logits])
 def test_correct_ensembles_pass(grader, fn):
     for name in ("ensemble_predictions", "ensemble_predictions_hidden"):
         result = grader.check(name, fn)
@@ -79,6 +113,41 @@ ENSEMBLE_MISTAKES = [
         "returns the geometric mean, which equals the weight-scaled network",
     ),
 ]
+
+
+ENSEMBLE_MISTAKES += [
+    (
+        lambda x, W, b, p: ensemble_bits(x, W, b, p, masks=lambda n: range(1, 2**n)),
+        "arithmetic",
+        "the mask that drops every unit is missing",
+    ),
+    (
+        lambda x, W, b, p: ensemble_bits(x, W, b, p, masks=lambda n: range(2**n - 1)),
+        "arithmetic",
+        "the mask that keeps every unit is missing",
+    ),
+    (
+        lambda x, W, b, p: ensemble_bits(x, W, b, p, flipped=True),
+        "arithmetic",
+        "applied as a DROP mask (m = 1 drops the unit) but weighted as a keep mask",
+    ),
+]
+
+
+def test_float32_rounding_is_named_where_it_shows(grader):
+    # the visible problems are small enough for float32 weights to stay within the tolerance; n = 10 is not
+    result = grader.check("ensemble_predictions_hidden", float32_weights)
+    assert "the rounding error of float32: work in float64 throughout" in failed(result).get(
+        "the normalised geometric mean of all 2^n thinned networks", ""
+    ), result.messages
+
+
+def test_a_missing_mask_is_named_by_the_shape_property(grader):
+    result = grader.check("ensemble_predictions", ENSEMBLE_MISTAKES[-3][0])
+    assert (
+        "= 1 - Pr(the mask that drops every unit): it is missing"
+        in failed(result)["returns two probability vectors of shape (K,)"]
+    )
 
 
 @pytest.mark.parametrize(("fn", "which", "diagnosis"), ENSEMBLE_MISTAKES)
@@ -149,6 +218,9 @@ PENALTY_MISTAKES = [
     (lambda X, w, p: float(p / (1 - p) * (w**2).sum()), "plain L2"),
     (lambda X, w, p: float(p / (1 - p) * (w @ X.T @ X @ w)), "whole Gram matrix"),
     (lambda X, w, p: float(p / (1 - p) * (w**2 * (X**2).mean(0)).sum()), "SUM over the N examples"),
+    (lambda X, w, p: float((1 - p) / p * (w**2 * (X**2).sum(0)).sum()), "(1-p)/p, p and 1-p swapped"),
+    (lambda X, w, p: float(p * (1 - p) * (w**2 * (X**2).sum(0)).sum()), "p(1-p), the variance of the mask"),
+    (lambda X, w, p: float(p / (1 - p) * (w**2).sum() * (X**2).sum()), "the product ||w||^2 * ||X||^2"),
 ]
 
 
@@ -185,7 +257,13 @@ def ok_mc_loop(X, y, w, p, n_samples, generator):
     return total / n_samples - float(((y - X @ w) ** 2).sum())
 
 
-@pytest.mark.parametrize("fn", [mc, ok_mc_loop])
+def ok_mc_float32_masks(X, y, w, p, n_samples, generator):  # masks drawn in float32, losses in float64
+    keep = torch.rand((n_samples, *X.shape), generator=generator) > p
+    residual = y - (keep.to(X.dtype) * X) @ w / (1 - p)
+    return (residual.pow(2).sum(-1).mean() - (y - X @ w).pow(2).sum()).item()
+
+
+@pytest.mark.parametrize("fn", [mc, ok_mc_loop, ok_mc_float32_masks])
 def test_correct_monte_carlo_passes(grader, fn):
     result = grader.check("monte_carlo_penalty", fn)
     assert result.passed, "\n".join(result.messages)
@@ -214,6 +292,29 @@ def test_correct_monte_carlo_passes(grader, fn):
 def test_monte_carlo_mistakes_are_named(grader, fn, prop, diagnosis):
     result = grader.check("monte_carlo_penalty", fn)
     assert diagnosis in failed(result).get(prop, ""), result.messages
+
+
+def mc_keep_with_probability_p(X, y, w, p, n_samples, generator):  # identical to the task at p = 0.5
+    keep = (torch.rand((n_samples, *X.shape), generator=generator, dtype=torch.float64) < p).double()
+    return float(((y - (keep * X / (1 - p)) @ w) ** 2).sum(1).mean() - ((y - X @ w) ** 2).sum())
+
+
+def mc_mean_squared_error(X, y, w, p, n_samples, generator):
+    keep = (torch.rand((n_samples, *X.shape), generator=generator, dtype=torch.float64) >= p).double()
+    return float(((y - (keep * X / (1 - p)) @ w) ** 2).mean(1).mean() - ((y - X @ w) ** 2).mean())
+
+
+MC_MISTAKES = {
+    mc_keep_with_probability_p: "biased at p = 0.2: a unit is KEPT with probability p",
+    mc_mean_squared_error: "the squared errors are averaged over the N rows",
+}
+
+
+@pytest.mark.parametrize("fn", list(MC_MISTAKES), ids=[f.__name__ for f in MC_MISTAKES])
+def test_biased_monte_carlo_estimates_are_named(grader, fn):
+    result = grader.check("monte_carlo_penalty", fn)
+    assert set(failed(result)) == {"unbiased: the estimates average to the closed form"}, result.messages
+    assert MC_MISTAKES[fn] in failed(result)["unbiased: the estimates average to the closed form"]
 
 
 def test_mc_with_original_dropout_scaling_is_biased(grader):

@@ -9,8 +9,8 @@ Checks:
   :math:`\mathbb{E}_M\lVert y - (M \odot X / (1-p)) w\rVert^2 - \lVert y - X w\rVert^2
   = \tfrac{p}{1-p} \sum_j w_j^2 \sum_i X_{ij}^2`.
 * ``monte_carlo_penalty(X, y, w, p, n_samples, generator) -> float``: the same quantity estimated with
-  ``n_samples`` sampled masks drawn from ``generator``; judged statistically (unbiased, reproducible,
-  spread shrinking like :math:`1/\sqrt{S}`).
+  ``n_samples`` sampled masks drawn from ``generator``; judged statistically (unbiased at two ``p``,
+  reproducible, spread shrinking like :math:`1/\sqrt{S}`).
 * hidden: ``ensemble_predictions_hidden`` and ``dropout_penalty_hidden`` on other sizes and ``p``.
 
 Every expected number is computed here by the course's own exact enumeration
@@ -75,20 +75,30 @@ def _as_vector(value, k: int, what: str) -> torch.Tensor:
 # --------------------------------------------------------------------------- the exact ensemble
 
 
-def _ensembles(x, W, b, p: float, *, keep_as_drop=False, scaled=True, uniform=False):
-    """(arithmetic, geometric, unnormalised geometric) of the thinned networks, optionally with a mistake."""
+def _ensembles(
+    x, W, b, p: float, *, keep_as_drop=False, scaled=True, uniform=False, flipped=False, missing=None
+):
+    """(arithmetic, geometric, unnormalised geometric) of the thinned networks, optionally with a mistake:
+    ``flipped``: the mask weighted as a keep-mask is applied as a drop-mask (the scale stays 1/(1-p));
+    ``missing``: the index of a mask left out (0: the all-dropped one, -1: the all-kept one)."""
     n = x.shape[0]
     q = 1 - p if keep_as_drop else p  # the drop probability actually used
     masks = theory.all_masks(n)
     scale = 1 / (1 - q) if scaled and q < 1 else 1.0
-    logits = (masks * x * scale) @ W.T + b  # (2^n, K)
+    logits = ((1 - masks if flipped else masks) * x * scale) @ W.T + b  # (2^n, K)
     log_probs = torch.log_softmax(logits, dim=-1)
     weights = (
         torch.full((2**n,), 1 / 2**n, dtype=torch.float64) if uniform else theory.mask_probabilities(masks, q)
     )
+    if missing is not None:
+        weights = weights.clone()
+        weights[missing] = 0.0
     arithmetic = weights @ log_probs.exp()
     log_geo = weights @ log_probs
     return arithmetic, torch.softmax(log_geo, dim=-1), log_geo.exp()
+
+
+_ALL_MASKS = "enumerate all 2^n masks, `range(2**n)` or `itertools.product([0, 1], repeat=n)`"
 
 
 def _ensemble_mistakes(x, W, b, p: float) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -96,7 +106,18 @@ def _ensemble_mistakes(x, W, b, p: float) -> list[tuple[str, torch.Tensor, torch
     a_u, g_u, _ = _ensembles(x, W, b, p, uniform=True)
     a_k, g_k, _ = _ensembles(x, W, b, p, keep_as_drop=True)
     a_s, g_s, _ = _ensembles(x, W, b, p, scaled=False)
+    a_f, g_f, _ = _ensembles(x, W, b, p, flipped=True)
+    a_0, g_0, _ = _ensembles(x, W, b, p, missing=0)
+    a_1, g_1, _ = _ensembles(x, W, b, p, missing=-1)
     return [
+        (
+            "the mask is applied as a DROP mask (m = 1 drops the unit) but weighted as a keep mask: with "
+            "m = 1 meaning kept, use m * x / (1-p) and Pr(m) = (1-p)^|m| p^(n-|m|)",
+            a_f,
+            g_f,
+        ),
+        (f"the mask that drops every unit is missing: {_ALL_MASKS}", a_0, g_0),
+        (f"the mask that keeps every unit is missing: {_ALL_MASKS}", a_1, g_1),
         ("every mask is weighted equally: weight mask m by its probability (1-p)^|m| p^(n-|m|)", a_u, g_u),
         ("p is used as the KEEP probability: a unit is kept with probability 1 - p", a_k, g_k),
         (
@@ -128,6 +149,7 @@ def _ensemble_shape(problems):
     def test(ctx: CheckContext) -> None:
         for problem in problems:
             _, arithmetic, geometric = _ensemble_answer(ctx, problem)
+            n, _, p, _ = problem
             for what, vector in (("arithmetic", arithmetic), ("geometric", geometric)):
                 if bool((vector < -1e-12).any()) or not math.isclose(vector.sum().item(), 1.0, abs_tol=1e-6):
                     hint = (
@@ -135,6 +157,13 @@ def _ensemble_shape(problems):
                         if what == "geometric"
                         else ""
                     )
+                    for left_out, weight in (("drops", p**n), ("keeps", (1 - p) ** n)):
+                        if what == "arithmetic" and math.isclose(
+                            vector.sum().item(), 1 - weight, abs_tol=1e-9
+                        ):
+                            hint = (
+                                f" = 1 - Pr(the mask that {left_out} every unit): it is missing; {_ALL_MASKS}"
+                            )
                     raise Fail(
                         f"the {what} mean is not a probability vector: it sums to {vector.sum().item():.6g}{hint}"
                     )
@@ -173,6 +202,11 @@ def _ensemble_value(problems, index: int):
                 if _close(got, (a_wrong, g_wrong)[index]):
                     raise Fail(f"{where}: {diagnosis}")
             error = (got - want).abs().max().item()
+            if error < 1e-5:
+                raise Fail(
+                    f"{where}: the {what} mean is off by up to {error:.3g}, the rounding error of float32: "
+                    "work in float64 throughout (a Python float times a float32 tensor stays float32)"
+                )
             raise Fail(f"{where}: the {what} mean is off by up to {error:.3g} from the exact enumeration")
 
     return test
@@ -214,6 +248,21 @@ def _penalty_mistakes(X, w, p: float) -> list[tuple[str, float]]:
         (
             "averaged over the rows; the loss is a SUM over the N examples",
             p / (1 - p) * (w**2 * column_norms).sum() / X.shape[0],
+        ),
+        (
+            "the factor is (1-p)/p, p and 1-p swapped: p is the DROP probability, the variance of the "
+            "kept-and-scaled unit m/(1-p) is p/(1-p)",
+            (1 - p) / p * (w**2 * column_norms).sum() if p > 0 else math.inf,
+        ),
+        (
+            "the factor is p(1-p), the variance of the mask m itself; the inputs are scaled by 1/(1-p), "
+            "so the variance of m/(1-p) is p(1-p)/(1-p)^2 = p/(1-p)",
+            p * (1 - p) * (w**2 * column_norms).sum(),
+        ),
+        (
+            "the product ||w||^2 * ||X||^2 of two sums: each w_j^2 is weighted by the squared norm of ITS "
+            "column, sum_j w_j^2 sum_i X_ij^2",
+            p / (1 - p) * (w**2).sum() * column_norms.sum(),
         ),
     ]
 
@@ -278,7 +327,7 @@ def _penalty_properties(problems, with_type: bool) -> list[Property]:
 # --------------------------------------------------------------------------- the Monte Carlo estimate
 
 
-def _mc_estimates(ctx: CheckContext, n_samples: int, repeats: int, seed0: int) -> list[float]:
+def _mc_estimates(ctx: CheckContext, n_samples: int, repeats: int, seed0: int, p: float = 0.5) -> list[float]:
     X, y, w = _regression(12, 3, 71)
     values = []
     for r in range(repeats):
@@ -287,7 +336,7 @@ def _mc_estimates(ctx: CheckContext, n_samples: int, repeats: int, seed0: int) -
             X.clone(),
             y.clone(),
             w.clone(),
-            0.5,
+            p,
             n_samples,
             torch.Generator().manual_seed(seed0 + r),
         )
@@ -319,19 +368,45 @@ def _mc_reproducible(ctx: CheckContext) -> None:
         )
 
 
+def _mc_biases(X, y, w, p: float) -> list[tuple[str, float]]:
+    """(diagnosis, the mean that the mistake gives) for typical biased Monte Carlo estimates."""
+    want = theory.dropout_penalty(X, w, p).item()
+    plain = ((y - X @ w) ** 2).sum().item()
+    a = p / (1 - p)  # the mean of m/(1-p) when m is kept with probability p
+    keep_as_drop = ((y - a * X @ w) ** 2).sum().item() + want - plain
+    return [
+        (
+            "returns the expected dropout LOSS; subtract the loss without dropout ||y - Xw||^2 to get the penalty",
+            want + plain,
+        ),
+        (
+            f"biased at p = {p}: a unit is KEPT with probability p (e.g. `torch.rand(...) < p` used as the keep "
+            "mask); p is the DROP probability, keep where `torch.rand(...) >= p`",
+            keep_as_drop,
+        ),
+        (
+            "the squared errors are averaged over the N rows (a mean squared error); the loss is their SUM",
+            want / X.shape[0],
+        ),
+    ]
+
+
 def _mc_unbiased(ctx: CheckContext) -> None:
     X, y, w = _regression(12, 3, 71)
-    want = theory.dropout_penalty(X, w, 0.5).item()
-    values = torch.tensor(ctx.memo("mc200", lambda: _mc_estimates(ctx, 200, 40, 1000)), dtype=torch.float64)
-    mean, se = values.mean().item(), (values.std() / math.sqrt(len(values))).item()
-    if abs(mean - want) > 6 * se + 1e-9:
-        plain = ((y - X @ w) ** 2).sum().item()
-        if abs(mean - (want + plain)) <= 6 * se + 1e-9:
-            raise Fail(
-                "returns the expected dropout LOSS; subtract the loss without dropout ||y - Xw||^2 to get the penalty"
-            )
+    for p, seed0 in ((0.5, 1000), (0.2, 4000)):
+        want = theory.dropout_penalty(X, w, p).item()
+        values = torch.tensor(
+            ctx.memo(("mc200", p), lambda p=p, seed0=seed0: _mc_estimates(ctx, 200, 40, seed0, p)),
+            dtype=torch.float64,
+        )
+        mean, se = values.mean().item(), (values.std() / math.sqrt(len(values))).item()
+        if abs(mean - want) <= 6 * se + 1e-9:
+            continue
+        for diagnosis, biased in _mc_biases(X, y, w, p):
+            if abs(mean - biased) <= 6 * se + 1e-9:
+                raise Fail(diagnosis)
         raise Fail(
-            f"the estimates average {mean:.4g} (standard error {se:.2g}); the closed form is {want:.4g}"
+            f"at p = {p} the estimates average {mean:.4g} (standard error {se:.2g}); the closed form is {want:.4g}"
         )
 
 
