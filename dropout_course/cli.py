@@ -173,15 +173,19 @@ def release_command(args, out=None) -> int:
     """``dropout-course release [--check] [--force]``; returns the exit code."""
     from pathlib import Path
 
-    from .instructor.release import release, repo_root
+    from .instructor.release import NbgraderMissing, ReleaseError, release, repo_root
 
     out = out or sys.stdout
-    report = release(
-        Path(args.source) if args.source else None,
-        Path(args.release_dir) if args.release_dir else None,
-        check=args.check,
-        force=args.force,
-    )
+    try:
+        report = release(
+            Path(args.source) if args.source else None,
+            Path(args.release_dir) if args.release_dir else None,
+            check=args.check,
+            force=args.force,
+        )
+    except (NbgraderMissing, ReleaseError) as exc:
+        print(f"dropout-course release: {exc}", file=out)
+        return 2
     for line in report.lines(repo_root()):
         print(line, file=out)
     if args.check and report.out_of_date:
@@ -201,8 +205,14 @@ def grade_command(args, out=None) -> int:
     from pathlib import Path
 
     from .instructor.autograde import grade
+    from .instructor.release import NbgraderMissing, require_nbgrader
 
     out = out or sys.stdout
+    try:
+        require_nbgrader()  # a judge re-inserts a deleted solution cell with nbgrader's ClearSolutions
+    except NbgraderMissing as exc:
+        print(f"dropout-course grade: {exc}", file=out)
+        return 2
     if args.jobs < 1 or args.timeout <= 0 or (args.call_timeout is not None and args.call_timeout <= 0):
         print("--jobs must be >= 1, --timeout and --call-timeout > 0", file=out)
         return 2

@@ -1,5 +1,5 @@
-"""`dropout-course release`: learner copies without solutions or hidden tests, idempotent, never destructive;
-and nbgrader's own preprocessors accept the sources."""
+"""`dropout-course release`: learner copies made by nbgrader's own preprocessors (no solution or hidden test
+left), idempotent, never destructive; clear errors for a bad source or a missing nbgrader."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import copy
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -14,6 +16,8 @@ import pytest
 
 from dropout_course import cli
 from dropout_course.instructor.release import (
+    NbgraderMissing,
+    ReleaseError,
     find_sources,
     is_pristine,
     release,
@@ -52,26 +56,109 @@ def test_no_solution_or_hidden_line_reaches_the_release(src):
     assert is_pristine(ROOT / "exercises" / "release" / src.parent.name / src.name)
 
 
-def test_functions_keep_their_signature_and_stub_is_indented():
+def _cell(source: str, cell_type: str = "code", **nbgrader):
+    """A cell with nbgrader metadata (``grade_id`` "f", no other flag unless given)."""
+    new = nbformat.v4.new_code_cell if cell_type == "code" else nbformat.v4.new_markdown_cell
+    cell = new(source)
+    flags = {"solution": False, "grade": False, "locked": False, **nbgrader}
+    cell.metadata["nbgrader"] = {"grade_id": "f", "schema_version": 3, **flags}
+    return cell
+
+
+def _notebook(*cells) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell(
-        "def f(x):\n    '''Doc.'''\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION\n\n"
-        "### BEGIN HIDDEN TESTS\nassert f(1) == 2\n### END HIDDEN TESTS"
+    nb.cells = list(cells)
+    return nb
+
+
+def test_functions_keep_their_signature_and_stub_is_indented():
+    nb = _notebook(
+        _cell(
+            "def f(x):\n    '''Doc.'''\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+            solution=True,
+        ),
+        _cell(
+            "assert f(1) == 2\n### BEGIN HIDDEN TESTS\nassert f(2) == 4\n### END HIDDEN TESTS",
+            grade=True,
+            points=1,
+        ),
+        _cell("My answer.", "markdown", solution=True),
     )
-    cell.metadata["nbgrader"] = {
-        "solution": True,
-        "grade": False,
-        "locked": False,
-        "grade_id": "f",
-        "schema_version": 3,
-    }
-    nb.cells = [cell]
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="out")]
+    nb.cells[0].execution_count = 3
     out = release_notebook(nb, "demo")
-    assert (
-        out.cells[0].source
-        == "def f(x):\n    '''Doc.'''\n    # YOUR CODE HERE\n    raise NotImplementedError()"
-    )
+    assert [c.source for c in out.cells] == [
+        "def f(x):\n    '''Doc.'''\n    # YOUR CODE HERE\n    raise NotImplementedError()",
+        "assert f(1) == 2",
+        "YOUR ANSWER HERE",
+    ]
+    assert out.cells[0].outputs == [] and out.cells[0].execution_count is None
     assert nb.cells[0].source.startswith("def f(x):\n    '''Doc.'''\n    ### BEGIN")  # input not modified
+    assert nb.cells[0].execution_count == 3
+
+
+@pytest.mark.parametrize(
+    "cell, error",
+    [
+        (_cell("x = 1\n### BEGIN SOLUTION\nx = 2", solution=True), "no end solution statement found"),
+        (
+            _cell("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", solution=True),
+            "nested begin solution",
+        ),
+        (
+            _cell("### BEGIN SOLUTION\nx = 2\n### END SOLUTION"),
+            "Solution region detected in a non-solution cell",
+        ),
+        (_cell("### BEGIN HIDDEN TESTS\nassert x\n### END HIDDEN TESTS"), "Hidden test region detected"),
+        (
+            _cell("### BEGIN HIDDEN TESTS\nassert x", grade=True, points=1),
+            "No end hidden tests statement found",
+        ),
+    ],
+    ids=[
+        "unclosed",
+        "nested",
+        "solution-outside-solution-cell",
+        "hidden-outside-grade-cell",
+        "unclosed-hidden",
+    ],
+)
+def test_a_source_nbgrader_rejects_is_named_by_notebook_and_cell(tmp_path, capsys, cell, error):
+    nb = _notebook(nbformat.v4.new_markdown_cell("Intro"), cell)
+    with pytest.raises(ReleaseError) as caught:
+        release_notebook(nb, "demo", "demo/demo.ipynb")
+    message = str(caught.value)
+    assert message.startswith("demo/demo.ipynb cell 1 (grade id 'f'): ") and error in message
+    src, rel = tmp_path / "source", tmp_path / "release"
+    (src / "demo").mkdir(parents=True)
+    nbformat.write(nb, src / "demo" / "demo.ipynb")
+    assert cli.main(["release", "--source", str(src), "--release-dir", str(rel)]) == 2
+    out = capsys.readouterr().out
+    assert out == f"dropout-course release: {message}\n" and not rel.exists()
+
+
+@pytest.mark.parametrize("command", ["release", "grade"])
+def test_without_nbgrader_the_cli_says_what_to_install(tmp_path, capsys, monkeypatch, command):
+    monkeypatch.setitem(sys.modules, "nbgrader", None)  # `import nbgrader` fails as if it were not installed
+    with pytest.raises(NbgraderMissing):
+        release_notebook(_notebook(_cell("x", solution=True)), "demo")
+    args = {
+        "release": ["release", "--release-dir", str(tmp_path / "release")],
+        "grade": ["grade", str(tmp_path / "a.ipynb"), "--out", str(tmp_path / "grades.csv")],
+    }[command]
+    assert cli.main(args) == 2
+    out = capsys.readouterr().out
+    assert out == (
+        f"dropout-course {command}: nbgrader is not installed (instructor tooling): "
+        "pip install 'dropout-course[instructor]'\n"
+    )
+    assert not any(tmp_path.iterdir())
+
+
+def test_importing_the_judges_plan_does_not_import_nbgrader():
+    code = "import sys, dropout_course.instructor.plan; print('nbgrader' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def _tree(tmp_path: Path) -> tuple[Path, Path]:
@@ -138,7 +225,9 @@ def test_learner_work_is_never_overwritten_without_force(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("src", SOURCES, ids=[p.parent.name for p in SOURCES])
-def test_nbgrader_preprocessors_accept_the_sources_and_agree_with_release(src):
+def test_the_committed_copies_are_nbgrader_preprocessors_output(src):
+    """The sources pass CheckCellMetadata, and every committed release cell is exactly what nbgrader's
+    ClearSolutions, ClearOutput and ClearHiddenTests (generate_assignment's order) make of the source."""
     from nbgrader.preprocessors import CheckCellMetadata, ClearHiddenTests, ClearOutput, ClearSolutions
 
     nb = nbformat.read(src, as_version=4)
@@ -153,7 +242,24 @@ def test_nbgrader_preprocessors_accept_the_sources_and_agree_with_release(src):
             if meta.get("grade"):
                 assert meta["points"] > 0
     theirs = copy.deepcopy(nb)
-    for pre in (ClearSolutions(), ClearHiddenTests(), ClearOutput()):
+    for pre in (ClearSolutions(), ClearOutput(), ClearHiddenTests()):
         theirs, resources = pre.preprocess(theirs, resources)
-    ours = release_notebook(nb, src.parent.name)
-    assert [c.source.rstrip() for c in ours.cells] == [c.source.rstrip() for c in theirs.cells]
+    committed = nbformat.read(ROOT / "exercises" / "release" / src.parent.name / src.name, as_version=4)
+    assert len(committed.cells) == len(theirs.cells)
+    for i, (ours, expected) in enumerate(zip(committed.cells, theirs.cells, strict=True)):
+        assert ours == expected, f"{src.parent.name} cell {i} differs from nbgrader's release"
+
+
+def test_the_judge_reinserts_a_deleted_solution_cell_as_its_release_stub():
+    from dropout_course.instructor import plan
+
+    src = SOURCES[0]
+    release_path = ROOT / "exercises" / "release" / src.parent.name / src.name
+    source, _ = plan.parse_submission(src.read_bytes())
+    submission, _ = plan.parse_submission(release_path.read_bytes())
+    index = next(i for i, c in enumerate(submission["cells"]) if plan.nbgrader_meta(c).get("solution"))
+    deleted = submission["cells"].pop(index)
+    graded, notes = plan.build_graded_notebook(submission, source)
+    assert notes == [f"missing cells re-inserted from the source: {plan.grade_id(deleted)}"]
+    assert graded["cells"][index]["source"] == deleted["source"]
+    assert "raise NotImplementedError()" in deleted["source"]

@@ -1,13 +1,19 @@
 """``dropout-course release``: learner copies of the exercise notebooks, generated from the sources.
 
 ``exercises/source/<assignment>/<assignment>.ipynb`` (with solutions and hidden tests, nbgrader format)
-becomes ``exercises/release/<assignment>/<assignment>.ipynb``:
+becomes ``exercises/release/<assignment>/<assignment>.ipynb`` through nbgrader's own preprocessors, in the
+order ``nbgrader generate_assignment`` runs them (:func:`_preprocessors`):
 
-* each ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region becomes ``# YOUR CODE HERE`` +
-  ``raise NotImplementedError()`` at the marker's indentation (a solution cell without markers is
-  replaced whole), as nbgrader's ``ClearSolutions`` does;
-* ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS`` regions are removed;
-* outputs and execution counts are cleared.
+* ``ClearSolutions``: each ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region becomes
+  ``# YOUR CODE HERE`` + ``raise NotImplementedError()`` at the marker's indentation (``YOUR ANSWER HERE``
+  in markdown; a solution cell without markers is replaced whole);
+* ``ClearOutput``: outputs, execution counts and execution timings are cleared;
+* ``ClearHiddenTests``: ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS`` regions are removed.
+
+nbgrader (the ``instructor`` extra) is imported only when a notebook is released, so importing this module
+(as the judge's :mod:`.plan` does) stays cheap; without it :class:`NbgraderMissing` says what to install.
+A source nbgrader rejects (a region without its END marker, a solution region outside a solution cell...)
+raises :class:`ReleaseError` naming the notebook and the cell.
 
 Safety: every generated notebook records a fingerprint of its own content in its metadata. A release
 file is only (re)written when it is missing, or when it is still exactly what an earlier release wrote
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import re
 from dataclasses import dataclass, field
@@ -31,11 +38,20 @@ if TYPE_CHECKING:
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
-CODE_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
-MARKDOWN_STUB = "YOUR ANSWER HERE"
 META_KEY = "dropout_course"
 
-__all__ = ["release_notebook", "release", "ReleaseReport", "find_sources", "fingerprint", "is_pristine"]
+__all__ = [
+    "release_notebook",
+    "release_cell",
+    "release",
+    "ReleaseReport",
+    "ReleaseError",
+    "NbgraderMissing",
+    "require_nbgrader",
+    "find_sources",
+    "fingerprint",
+    "is_pristine",
+]
 
 
 def repo_root() -> Path:
@@ -48,62 +64,60 @@ def find_sources(source_dir: Path) -> list[Path]:
     return sorted(p for p in Path(source_dir).glob("*/*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
 
-def _nbgrader(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+INSTALL_HINT = "pip install 'dropout-course[instructor]'"
 
 
-def _replace_regions(
-    source: str, begin: str, end: str, stub: tuple[str, ...] | None, where: str
-) -> tuple[str, int]:
-    """Replace every ``begin``..``end`` region (marker lines included) by ``stub`` lines at its indentation."""
-    lines = source.split("\n")
-    out: list[str] = []
-    inside, count, indent = False, 0, ""
-    for number, line in enumerate(lines, 1):
-        stripped = line.strip()
-        if stripped == begin:
-            if inside:
-                raise ValueError(f"{where}: nested {begin!r} at line {number}")
-            inside, count = True, count + 1
-            indent = line[: len(line) - len(line.lstrip())]
-            continue
-        if stripped == end:
-            if not inside:
-                raise ValueError(f"{where}: {end!r} without {begin!r} at line {number}")
-            inside = False
-            if stub:
-                out.extend(indent + s for s in stub)
-            continue
-        if not inside:
-            out.append(line)
-    if inside:
-        raise ValueError(f"{where}: {begin!r} without {end!r}")
-    return "\n".join(out), count
+class NbgraderMissing(ImportError):
+    """nbgrader (the ``instructor`` extra), needed by ``dropout-course release`` and ``grade``, is missing."""
 
 
-def release_cell(cell, where: str = "cell"):
-    """The learner version of one source cell (a new cell; the argument is not modified)."""
-    cell = copy.deepcopy(cell)
-    meta = _nbgrader(cell)
-    text = cell.get("source", "")
-    if meta.get("solution"):
-        if cell["cell_type"] == "code":
-            text, n = _replace_regions(text, BEGIN_SOLUTION, END_SOLUTION, CODE_STUB, where)
-            if n == 0:
-                text = "\n".join(CODE_STUB)
-        else:
-            text, n = _replace_regions(text, BEGIN_SOLUTION, END_SOLUTION, (MARKDOWN_STUB,), where)
-            if n == 0:
-                text = MARKDOWN_STUB
-    text, _ = _replace_regions(text, BEGIN_HIDDEN, END_HIDDEN, None, where)
-    cell["source"] = text.rstrip("\n") if text.strip() else ""
-    if cell["cell_type"] == "code":
-        cell["outputs"] = []
-        cell["execution_count"] = None
-    cell.get("metadata", {}).pop("execution", None)
-    if "attachments" in cell and not cell["attachments"]:
-        del cell["attachments"]
-    return cell
+class ReleaseError(ValueError):
+    """A source notebook that nbgrader's preprocessors reject; the message names the notebook and the cell."""
+
+
+def require_nbgrader() -> None:
+    """Raise :class:`NbgraderMissing` (one line: what to install) unless nbgrader can be imported.
+
+    Only looks for the package (cheap): ``grade`` checks it up front, before any judge needs it.
+    """
+    if importlib.util.find_spec("nbgrader") is None:
+        raise NbgraderMissing(f"nbgrader is not installed (instructor tooling): {INSTALL_HINT}")
+
+
+def _preprocessors() -> tuple:
+    """nbgrader's ClearSolutions, ClearOutput and ClearHiddenTests, in ``generate_assignment``'s order.
+
+    ``ClearOutput`` also drops the ``execution`` timings nbclient records in a cell's metadata.
+    """
+    require_nbgrader()
+    from nbgrader.preprocessors import ClearHiddenTests, ClearOutput, ClearSolutions
+
+    fields = {"collapsed", "scrolled", "execution"}
+    return ClearSolutions(), ClearOutput(remove_metadata_fields=fields), ClearHiddenTests()
+
+
+def _grade_id(cell) -> str:
+    return (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id", "")
+
+
+def release_cell(cell, where: str = "cell", metadata=None):
+    """The learner version of one source cell (a new cell; the argument is not modified).
+
+    nbgrader's preprocessors (:func:`_preprocessors`) run on a one-cell notebook with the source notebook's
+    ``metadata`` (its kernel's language picks the code stub; Python without it). Their errors become a
+    :class:`ReleaseError` naming ``where`` and the cell's grade id.
+    """
+    from nbformat import from_dict
+
+    nb = from_dict(copy.deepcopy({"cells": [cell], "metadata": dict(metadata or {}), "nbformat": 4}))
+    resources: dict = {}
+    try:
+        for preprocessor in _preprocessors():
+            nb, resources = preprocessor.preprocess(nb, resources)
+    except (RuntimeError, ValueError) as exc:  # nbgrader's errors: unclosed, nested or misplaced regions
+        gid = _grade_id(cell)
+        raise ReleaseError(f"{where}{f' (grade id {gid!r})' if gid else ''}: {exc}") from None
+    return nb.cells[0]
 
 
 def _canonical(nb) -> str:
@@ -118,9 +132,15 @@ def fingerprint(nb) -> str:
 
 
 def release_notebook(nb, exercise: str, source_name: str = "") -> nbformat.NotebookNode:
-    """The learner copy of a source notebook (a new notebook; the argument is not modified)."""
+    """The learner copy of a source notebook (a new notebook; the argument is not modified).
+
+    Its cells are :func:`release_cell`'s (one at a time, so that an error names its cell); like
+    ``ClearSolutions``, it drops nbgrader's ``celltoolbar`` setting from the notebook's metadata.
+    """
     out = copy.deepcopy(nb)
-    out.cells = [release_cell(c, f"{source_name or exercise} cell {i}") for i, c in enumerate(nb.cells)]
+    name = source_name or exercise
+    out.cells = [release_cell(c, f"{name} cell {i}", nb.metadata) for i, c in enumerate(nb.cells)]
+    out.metadata.pop("celltoolbar", None)
     out.metadata[META_KEY] = {
         "exercise": exercise,
         "generated_by": "dropout-course release (do not edit the source copy here: edit exercises/source)",
