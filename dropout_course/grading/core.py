@@ -26,14 +26,14 @@ from __future__ import annotations
 import copy
 import functools
 import html
-import json
 import os
 import random
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +41,6 @@ import numpy as np
 from ..config import torch_threads
 from .detect import Originality, Trace, candidate_source, defined_by_exec, scan_source
 
-RESULTS_ENV_VAR = "DROPOUT_COURSE_RESULTS"
 DEFAULT_TIME_LIMIT = 10.0
 
 __all__ = [
@@ -169,6 +168,15 @@ class CheckResult:
         return "\n".join([head, *body])
 
     __repr__ = __str__
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """How a notebook shows the result: the feedback as HTML, and the score alone as plain text.
+
+        nbgrader's autograde reads a grade cell's plain-text result as its partial credit (a number from 0 to
+        the cell's points; any other text would count as full marks), so a grade cell whose last line is
+        ``grader.check(...)`` is scored by nbgrader exactly as ``dropout-course grade`` scores that check.
+        """
+        return {"text/plain": _fmt(self.score), "text/html": self._repr_html_()}
 
     def _repr_html_(self) -> str:
         color = "#2e7d32" if self.passed else "#c62828"
@@ -553,16 +561,25 @@ class Grader:
         return float(sum(s.max_score for s in self.specs.values()))
 
     def check(self, name: str, candidate=None, **extra) -> CheckResult:
-        """Run check ``name`` on the learner's ``candidate`` (a function or class); never raises."""
+        """Run check ``name`` on the learner's ``candidate`` (a function or class); never raises.
+
+        Anything written to stderr meanwhile (the learner's prints, warnings) goes to stdout: nbgrader gives
+        no credit to a grade cell with output on stderr.
+        """
         spec = self.specs.get(name)
         if spec is None:
-            result = CheckResult(
+            return CheckResult(
                 self.exercise,
                 name,
                 error=f"no check named {name!r} in {self.exercise}; checks: {', '.join(self.specs)}",
             )
-            return result
-        result = CheckResult(self.exercise, name)
+        with redirect_stderr(sys.stdout):
+            result = self._judge(spec, candidate, extra)
+        self.results[name] = result
+        return result
+
+    def _judge(self, spec: CheckSpec, candidate, extra: dict) -> CheckResult:
+        result = CheckResult(self.exercise, spec.name)
         ctx = CheckContext(candidate, self.time_limit, self.seed, extra, spec.originality)
         first_failed: dict[str, str] = {}  # diagnosis -> the property that reported it first
         for prop in spec.properties:
@@ -599,30 +616,8 @@ class Grader:
                 for prop in result.properties:
                     prop.points, prop.passed = 0.0, False
                     prop.diagnosis = "not credited: uses code the task is to write (see above)"
-        self.results[name] = result
-        _record(result)
         return result
-
-    def assert_passed(self, *names: str) -> None:
-        """Raise ``AssertionError`` unless every named check ran and passed (for nbgrader test cells)."""
-        for name in names:
-            result = self.results.get(name)
-            if result is None or not result.passed:
-                detail = "\n".join(result.messages) if result else "not run"
-                raise AssertionError(f"check {name!r} did not pass:\n{detail}")
 
     def summary(self) -> Summary:
         """A table of every check of this exercise so far."""
         return Summary(self)
-
-
-def _record(result: CheckResult) -> None:
-    """Append the result to $DROPOUT_COURSE_RESULTS (JSON lines) when the autograder set it."""
-    path = os.environ.get(RESULTS_ENV_VAR)
-    if not path:
-        return
-    try:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(result.to_dict()) + "\n")
-    except OSError:
-        pass
