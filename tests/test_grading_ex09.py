@@ -76,6 +76,11 @@ def test_evaluate_fix_passes(grader):
             "dropout is off while evaluating (deterministic, eval-mode accuracy)",
             "percentage",
         ),
+        (
+            lambda m, X, y: round(ok_evaluate(m, X, y) * len(y)),  # (pred == y).sum().item()
+            "dropout is off while evaluating (deterministic, eval-mode accuracy)",
+            "returns the NUMBER of correct predictions (108 of 400)",
+        ),
     ],
 )
 def test_evaluate_bugs_fail_their_property(grader, fn, prop, diagnosis):
@@ -121,7 +126,32 @@ def nested_build(in_features, hidden, n_classes, keep_prob):
     return nn.Sequential(*blocks, nn.Linear(width, n_classes))
 
 
-@pytest.mark.parametrize("fn", [build, nested_build])
+def two_hidden_layers_only(in_features, hidden, n_classes, keep_prob):  # right for hidden = (16, 8) only
+    p = 1 - keep_prob
+    return nn.Sequential(
+        nn.Linear(in_features, hidden[0]),
+        nn.ReLU(),
+        nn.Dropout(p),
+        nn.Linear(hidden[0], hidden[1]),
+        nn.ReLU(),
+        nn.Dropout(p),
+        nn.Linear(hidden[1], n_classes),
+    )
+
+
+def widths_zip_build(
+    in_features, hidden, n_classes, keep_prob
+):  # consecutive widths zipped, add_module names
+    model, widths = nn.Sequential(), [in_features, *hidden]
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        model.add_module(f"fc{i}", nn.Linear(a, b))
+        model.add_module(f"act{i}", nn.ReLU(inplace=True))
+        model.add_module(f"drop{i}", nn.Dropout(p=round(1.0 - keep_prob, 6)))
+    model.add_module("out", nn.Linear(widths[-1], n_classes))
+    return model
+
+
+@pytest.mark.parametrize("fn", [build, nested_build, widths_zip_build])
 def test_classifier_fixes_pass(grader, fn):
     result = grader.check("build_classifier", fn)
     assert result.passed, result.messages
@@ -140,6 +170,11 @@ def test_classifier_fixes_pass(grader, fn):
         (script_build, "nn.Dropout gets the DROP probability 1 - keep_prob", "probability of DROPPING"),
         (script_build, "no dropout on the logits", "after the output layer"),
         (script_build, "dropout after every hidden activation", "no dropout between hidden layers"),
+        (
+            two_hidden_layers_only,
+            "builds 10 -> 16 -> 8 -> 3 and runs",
+            "build one Linear -> ReLU -> Dropout per entry",
+        ),
     ],
 )
 def test_classifier_bugs_fail_their_property(grader, fn, prop, diagnosis):
@@ -193,10 +228,72 @@ def mc_one_pass(model, x, T=50):
     return ok_mc(model, x, 1)
 
 
-def test_mc_fix_passes_visible_and_hidden(grader):
+@torch.no_grad()
+def ok_mc_running_sum(model, x, T=50):  # a loop with a running sum; dropout modules found by their type name
+    saved = {m: m.training for m in model.modules()}
+    model.eval()
+    for m in model.modules():
+        if "Dropout" in type(m).__name__:
+            m.train()
+    total = torch.zeros(())
+    for _ in range(T):
+        total = total + model(x).softmax(dim=-1)
+    for m, mode in saved.items():
+        m.train(mode) if not any(True for _ in m.children()) else setattr(m, "training", mode)
+    return total / T
+
+
+@pytest.mark.parametrize("fn", [ok_mc, ok_mc_running_sum])
+def test_mc_fix_passes_visible_and_hidden(grader, fn):
     for name in ("mc_predict", "mc_predict_hidden"):
-        result = grader.check(name, ok_mc)
+        result = grader.check(name, fn)
         assert result.passed, result.messages
+
+
+def _mc_loop(model, x, T, *, call_eval=True, grad=False, average="probabilities"):
+    modes = [m.training for m in model.modules()]
+    if call_eval:
+        model.eval()
+    for m in dropout_modules(model):
+        m.train()
+    with torch.set_grad_enabled(grad):
+        logits = torch.stack([model(x) for _ in range(T)])
+    for m, mode in zip(model.modules(), modes, strict=True):
+        m.training = mode
+    return logits.mean(0).softmax(1) if average == "logits" else logits.softmax(2).mean(0)
+
+
+def mc_mean_of_logits(model, x, T=50):
+    return _mc_loop(model, x, T, average="logits")
+
+
+def mc_keeps_graph(model, x, T=50):
+    return _mc_loop(model, x, T, grad=True)
+
+
+def mc_dropout_on_without_eval(model, x, T=50):  # fixes "dropout on" but not the model's train mode
+    return _mc_loop(model, x, T, call_eval=False)
+
+
+MC_MISTAKES = {
+    mc_mean_of_logits: {
+        "dropout samples: T passes with fresh masks, averaged": "averages the LOGITS of the T passes"
+    },
+    mc_keeps_graph: {"no autograd graph": "`torch.no_grad()`"},
+    mc_dropout_on_without_eval: {
+        "BatchNorm uses its running statistics (p = 0 gives the eval prediction)": "call `model.eval()` first",
+        "BatchNorm's running statistics are left unchanged": "running statistics changed",
+    },
+}
+
+
+@pytest.mark.parametrize("fn", list(MC_MISTAKES), ids=[f.__name__ for f in MC_MISTAKES])
+def test_mc_mistakes_fail_exactly_their_properties(grader, fn):
+    result = grader.check("mc_predict", fn)
+    assert set(failed(result)) == set(MC_MISTAKES[fn]), result.messages
+    for prop, diagnosis in MC_MISTAKES[fn].items():
+        assert diagnosis in failed(result)[prop], result.messages
+    assert not grader.check("mc_predict_hidden", fn).passed
 
 
 @pytest.mark.parametrize(
@@ -267,9 +364,34 @@ def test_fresh_dropout_fix_passes(grader):
         assert result.passed, result.messages
 
 
+class FreshBernoulliInPlace(nn.Module):  # bernoulli_ on an empty tensor, the input scaled in place
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        return x.mul_(torch.empty_like(x).bernoulli_(1 - self.p).div_(1 - self.p))
+
+
+def test_fresh_dropout_in_another_style_passes(grader):
+    for name in ("FreshDropout", "FreshDropout_hidden"):
+        result = grader.check(name, FreshBernoulliInPlace)
+        assert result.passed, result.messages
+
+
+class KeepsWithProbabilityP(Fresh):
+    def forward(self, x):
+        if not self.training:
+            return x
+        return x * (torch.rand_like(x) < self.p).to(x.dtype) / (1 - self.p)
+
+
 @pytest.mark.parametrize(
     ("cls", "prop", "diagnosis"),
     [
+        (KeepsWithProbabilityP, "drops a fraction p and scales the kept units by 1/(1-p)", "about 1 - p"),
         (ScriptDropout, "a fresh mask on every forward call", "cached and reused"),
         (BatchShared, "drops a fraction p and scales the kept units by 1/(1-p)", "share one mask"),
         (WrapsTorch, "a fresh mask on every forward call", "wraps a ready-made dropout layer (Dropout)"),

@@ -7,8 +7,10 @@ Each check judges the *behaviour* of the fix on networks built here (never the l
   accuracy), every module's mode restored, no autograd graph, a Python float.
 * ``build_classifier(in_features, hidden, n_classes, keep_prob) -> nn.Module``: torch's ``nn.Dropout`` takes
   the DROP probability (``1 - keep_prob``); dropout after every hidden activation; none on the logits.
-* ``mc_predict(model, x, T) -> (N, C)``: MC dropout on a network with BatchNorm: only the dropout modules
-  sample, BatchNorm keeps its running statistics (unchanged, batch-independent predictions), modes restored.
+* ``mc_predict(model, x, T) -> (N, C)``: MC dropout on a network with BatchNorm (handed over in train mode,
+  as during training): only the dropout modules sample, BatchNorm keeps its running statistics (unchanged,
+  batch-independent predictions), the mean of the T softmaxes (z-scores against a 4,000-pass reference),
+  modes restored, no autograd graph.
 * ``FreshDropout(p)``: a dropout module that draws a new mask on every forward call (the script's module
   cached its mask, so every step dropped the same units).
 * hidden: ``mc_predict_hidden`` and ``FreshDropout_hidden`` on other sizes and ``p``.
@@ -16,6 +18,7 @@ Each check judges the *behaviour* of the fix on networks built here (never the l
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -116,6 +119,11 @@ def _evaluate_dropout_off(ctx: CheckContext) -> None:
     if not math.isclose(got[0], want, abs_tol=1e-6):  # float32 means of 400 0/1 values
         if math.isclose(got[0], want * 100, rel_tol=1e-6):
             raise Fail("returns a percentage; return the accuracy as a fraction in [0, 1]")
+        if math.isclose(got[0], want * len(y), rel_tol=1e-6):
+            raise Fail(
+                f"returns the NUMBER of correct predictions ({got[0]:g} of {len(y)}): divide by the number of "
+                "examples, the accuracy is a fraction in [0, 1]"
+            )
         raise Fail(f"accuracy {got[0]:.4f}, the network in eval mode scores {want:.4f} on the same data")
 
 
@@ -188,6 +196,14 @@ def _classifier_runs(ctx: CheckContext) -> None:
         out = ctx.call(model, x)
     if not isinstance(out, torch.Tensor) or out.shape != (5, 3):
         raise Fail(f"the model must map (5, 10) inputs to (5, 3) logits, got {getattr(out, 'shape', out)!r}")
+    other = ctx.call(ctx.candidate, 10, (12, 6, 4), 3, 0.8)
+    modules = other.modules() if isinstance(other, nn.Module) else []
+    widths = [(m.in_features, m.out_features) for m in modules if isinstance(m, nn.Linear)]
+    if widths != [(10, 12), (12, 6), (6, 4), (4, 3)]:
+        raise Fail(
+            f"with hidden = (12, 6, 4) the Linear layers are {widths}, expected 10 -> 12 -> 6 -> 4 -> 3: build "
+            "one Linear -> ReLU -> Dropout per entry of `hidden` (a loop), not a fixed number of layers"
+        )
 
 
 def _classifier_drop_probability(ctx: CheckContext) -> None:
@@ -269,12 +285,12 @@ def _mc_batch_independent(n: int, seed: int):
         net = probe_net(0.0, seed, batchnorm=True)  # p = 0: MC prediction must equal the eval-mode prediction
         x, _ = _data(n, seed + 1)
         want = torch.softmax(net(x), 1).detach()
-        got = _mc(ctx, net, x, 3)
+        got = _mc(ctx, net.train(), x, 3)  # left in train mode, as during training
         if not torch.allclose(got, want, atol=1e-6):
             raise Fail(
                 "with p = 0 the MC prediction differs from the eval-mode prediction: BatchNorm is normalising "
-                "with the batch's own statistics (the whole model is in train mode); put only the dropout "
-                "modules in train mode"
+                "with the batch's own statistics (it is in train mode, as the model was handed over during "
+                "training); call `model.eval()` first, then put only the dropout modules in train mode"
             )
 
     return test
@@ -285,12 +301,73 @@ def _mc_running_stats(ctx: CheckContext) -> None:
     bn = next(m for m in net.modules() if isinstance(m, nn.BatchNorm1d))
     before = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
     x, _ = _data(32, 8)
-    _mc(ctx, net, x, 10)
+    _mc(ctx, net.train(), x, 10)  # left in train mode, as during training
     if not (torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])):
         raise Fail(
             "BatchNorm's running statistics changed: in train mode every MC pass overwrites the statistics "
             "learned in training; keep BatchNorm in eval mode"
         )
+
+
+MEAN_T, REFERENCE_T = 1000, 4000  # passes of the learner's mean and of the reference's
+MAX_MEAN_Z2 = 6.0  # largest mean squared z-score of the learner's mean probabilities (1 expected)
+
+
+def _spread_net(p: float, seed: int) -> nn.Sequential:
+    """``probe_net`` with BatchNorm and a 20x larger output layer: its class probabilities vary a lot from
+    mask to mask, so the mean of the softmaxes and the softmax of the mean logits differ clearly."""
+    net = probe_net(p, seed, batchnorm=True)
+    with torch.no_grad():
+        net[-1].weight.mul_(20.0)
+    return net
+
+
+def _dropout_logits(net: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
+    """(T, N, C) logits of ``net`` (in eval mode) with its dropout modules sampling, in chunks of 1000."""
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, T, 1000):
+            k = min(1000, T - start)
+            chunks.append(net(x.repeat(k, 1)).reshape(k, len(x), -1))
+    return torch.cat(chunks)
+
+
+@functools.lru_cache(maxsize=4)
+def _mc_reference(n: int, p: float, seed: int):
+    """Per-example mean and spread of one pass's softmax, and the softmax of the mean logits (REFERENCE_T
+    passes, seeded; cached)."""
+    net = _spread_net(p, seed)
+    x, _ = _data(n, seed + 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in net.modules():
+            if is_dropout_module(m):
+                m.train()
+        logits = _dropout_logits(net, x, REFERENCE_T)
+    probs = logits.softmax(-1)
+    return probs.mean(0), probs.std(0), logits.mean(0).softmax(-1)
+
+
+def _mc_mean_of_softmaxes(ctx: CheckContext, n: int, p: float, seed: int) -> None:
+    """The learner's mean over MEAN_T passes matches MC dropout's mean softmax (z-scores), else named."""
+    mean, std, of_mean_logits = _mc_reference(n, p, seed)
+    net = _spread_net(p, seed)
+    x, _ = _data(n, seed + 1)
+    got = _mc(ctx, net, x, MEAN_T)
+    se = std * math.sqrt(1 / MEAN_T + 1 / REFERENCE_T) + 1e-4
+    z2 = ((got - mean) / se).pow(2).mean().item()
+    if z2 <= MAX_MEAN_Z2:
+        return
+    if ((got - of_mean_logits) / se).pow(2).mean().item() <= MAX_MEAN_Z2:
+        raise Fail(
+            "averages the LOGITS of the T passes and applies one softmax: MC dropout averages the "
+            "probabilities, the mean of softmax(logits_t) over the passes"
+        )
+    raise Fail(
+        f"the mean of {MEAN_T} passes differs from MC dropout's mean probabilities (mean squared z-score "
+        f"{z2:.1f}, about 1 expected): the model in eval mode, only the dropout modules in train mode, the "
+        "mean of the T softmaxes"
+    )
 
 
 def _mc_samples(n: int, p: float, seed: int):
@@ -313,6 +390,7 @@ def _mc_samples(n: int, p: float, seed: int):
                 f"two calls differ as much with T = 30 ({averaged:.3f}) as with T = 1 ({single:.3f}): "
                 "average the T passes"
             )
+        _mc_mean_of_softmaxes(ctx, n, p, seed)
 
     return test
 
@@ -326,6 +404,17 @@ def _mc_restores_modes(ctx: CheckContext) -> None:
         raise Fail("the modules' modes are not restored: remember each module's own mode and set it back")
 
 
+def _mc_no_graph(ctx: CheckContext) -> None:
+    net = probe_net(0.5, 13, batchnorm=True)
+    x, _ = _data(16, 14)
+    out = ctx.call(ctx.candidate, net, x, 5, copy_args=False)
+    if int(net[0].grad_enabled) == 1 or (isinstance(out, torch.Tensor) and out.requires_grad):
+        raise Fail(
+            "the T forward passes build an autograd graph (kept alive by the returned tensor): predict under "
+            "`torch.no_grad()`"
+        )
+
+
 def _mc_properties(n: int, p: float, seed: int) -> list[Property]:
     return [
         Property(
@@ -335,7 +424,8 @@ def _mc_properties(n: int, p: float, seed: int) -> list[Property]:
         ),
         Property("BatchNorm's running statistics are left unchanged", 2, _mc_running_stats),
         Property("dropout samples: T passes with fresh masks, averaged", 2, _mc_samples(n, p, seed)),
-        Property("restores every module's mode", 2, _mc_restores_modes),
+        Property("restores every module's mode", 1, _mc_restores_modes),
+        Property("no autograd graph", 1, _mc_no_graph),
     ]
 
 
@@ -395,6 +485,11 @@ def _drop_rate_and_scale(shape, p: float):
         dropped = (out == 0).double().mean().item()
         tolerance = 6 * math.sqrt(p * (1 - p) / n)
         if abs(dropped - p) > tolerance:
+            if abs(dropped - (1 - p)) <= tolerance:
+                raise Fail(
+                    f"drops a fraction {dropped:.3f} of the units, about 1 - p: p is the probability of "
+                    f"DROPPING (p = {p}), keep a unit where `torch.rand_like(x) >= p`"
+                )
             raise Fail(
                 f"drops a fraction {dropped:.3f} of the units, expected p = {p} (within {tolerance:.3f})"
             )
