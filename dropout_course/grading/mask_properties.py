@@ -169,8 +169,8 @@ def mask_properties(a: Adapter, p_values: tuple[float, float] = (0.2, 0.7)) -> l
             diagnose_scale(ratios, p, a.kept)
 
     def independent(ctx):
-        p = 0.5
-        dropped = observed(ctx, a, p, explain=True).dropped
+        p = 0.5  # two calls in a row, made here: the RNG is reset before each property
+        dropped = observed(ctx, a, p, tag="first call", explain=True).dropped
         for axis, message in a.patterns:
             if dropped.shape[axis] > 1 and _constant_along(dropped, axis):
                 state = "dropped" if dropped.all() else "kept"

@@ -22,16 +22,8 @@ import torch
 from torch import nn
 
 from .core import CheckContext, Fail, Property, fail_if_torch_dropout_module
-from .mask_properties import check_rejects_bad_p
-from .masks import (
-    as_tensor_output,
-    diagnose_drop_fraction,
-    diagnose_eval,
-    diagnose_scale,
-    independent_draws,
-    make_input,
-    unchanged,
-)
+from .mask_properties import Adapter, Observation, mask_properties, observed, record_unchanged
+from .masks import as_tensor_output, diagnose_eval, make_input, unchanged
 from .rnn_recovery import (
     RNNCase,
     case_inputs,
@@ -93,12 +85,9 @@ def _set_weights(module: nn.Module, case: RNNCase, w_ih: torch.Tensor, w_hh: tor
         params["weight_hh"].copy_(w_hh)
 
 
-def _build(ctx: CheckContext, case: RNNCase, p: float, training: bool, seed: int = 0):
-    module = _construct(ctx, case, p)
-    w_ih, w_hh = case_weights(case, p, seed)
-    _set_weights(module, case, w_ih, w_hh)
-    ctx.call(module.train if training else module.eval, copy_args=False)
-    return module, w_ih, w_hh
+def _instance(ctx: CheckContext, case: RNNCase, p: float) -> nn.Module:
+    """The check's ONE module for ``p`` (reused, so that a mask kept on the instance between calls shows)."""
+    return ctx.memo(("rnn instance", p), lambda: _construct(ctx, case, p))
 
 
 def _as_states(y, x: torch.Tensor, case: RNNCase) -> torch.Tensor:
@@ -124,51 +113,99 @@ def _as_states(y, x: torch.Tensor, case: RNNCase) -> torch.Tensor:
     return as_tensor_output(y, torch.empty(t, n, h), f"{case.name}.forward")
 
 
+def _weight_left_alone(w_hh: torch.Tensor, after_call: torch.Tensor, replaced: bool) -> None:
+    if replaced:
+        raise Fail(
+            "forward replaces the parameter weight_hh (`self.weight_hh = ...`): the optimizer still holds "
+            "the old one, which then gets no gradient; keep the parameter and compute the dropped matrix "
+            "in a local variable, `w_hh = self.weight_hh * mask / (1-p)`"
+        )
+    unchanged(w_hh, after_call, "weight_hh", INPLACE_MESSAGE)
+
+
 def _forward(ctx: CheckContext, case: RNNCase, module: nn.Module, x: torch.Tensor, w_hh: torch.Tensor):
     """Call the module on a copy of ``x``; record whether ``x`` and ``weight_hh`` survived (before the output is
     checked, so that those properties are judged even when the output is wrong)."""
     x_passed = x.clone()
     before = _parameters(module, case)["weight_hh"]
     y = ctx.call(module, x_passed, copy_args=False)
-    ctx.cache.setdefault("inplace_x", []).append((x, x_passed))
     replaced = dict(module.named_parameters()).get("weight_hh") is not before
-    ctx.cache.setdefault("inplace_w", []).append((w_hh, before.detach().clone(), replaced))
+    after_call = before.detach().clone()
+    record_unchanged(ctx, lambda: _weight_left_alone(w_hh, after_call, replaced))
+    record_unchanged(ctx, lambda: unchanged(x, x_passed, "the input tensor x"))
     return _as_states(y, x, case)
 
 
-def _run(ctx: CheckContext, case: RNNCase, p: float, training: bool = True, seed: int = 0, calls: int = 1):
-    """Build the module (weights set, mode set) and call it ``calls`` times on the same input (the weights are
-    set again before each call). Returns ``(x, w_ih, w_hh, [y, ...])``, the outputs detached."""
+def _run(ctx: CheckContext, case: RNNCase, p: float, training: bool = True, seed: int = 0, tag: str = ""):
+    """Call the check's module for ``p`` in the given mode, its weights set for ``seed``; returns
+    ``(x, w_ih, w_hh, y)``, the output detached."""
 
     def compute():
-        module, w_ih, w_hh = _build(ctx, case, p, training, seed)
+        module = _instance(ctx, case, p)
+        w_ih, w_hh = case_weights(case, p, seed)
+        _set_weights(module, case, w_ih, w_hh)
+        ctx.call(module.train if training else module.eval, copy_args=False)
         x = case_inputs(case, seed)
-        ys = []
-        for _ in range(calls):
-            _set_weights(module, case, w_ih, w_hh)
-            ys.append(_forward(ctx, case, module, x, w_hh).detach())
-        return x, w_ih, w_hh, ys
+        return x, w_ih, w_hh, _forward(ctx, case, module, x, w_hh).detach()
 
-    return ctx.memo(("rnn", case.name, p, training, seed, calls), compute)
+    return ctx.memo(("rnn", p, training, seed, tag), compute)
 
 
-def _matrices(ctx, case: RNNCase, p: float, training: bool = True, seed: int = 0, calls: int = 1):
-    """Per call: the ratios ``W_used / W_hh`` at steps 2..T, ``(T-1, H, H)``."""
+def _matrices(
+    ctx, case: RNNCase, p: float, training: bool = True, seed: int = 0, tag: str = ""
+) -> torch.Tensor:
+    """The ratios ``W_used / W_hh`` at steps 2..T, ``(T-1, H, H)``, of one call."""
+    x, w_ih, w_hh, y = _run(ctx, case, p, training, seed, tag)
+    ratios = weight_ratios(recover(case, x, w_ih, y, p), w_hh)
+    check_recurrence(ratios, p)
+    return ratios
 
-    def compute():
-        x, w_ih, w_hh, ys = _run(ctx, case, p, training, seed, calls)
-        ratios = [weight_ratios(recover(case, x, w_ih, y, p), w_hh) for y in ys]
-        check_recurrence(ratios[0], p)
-        return ratios
 
-    return ctx.memo(("ratios", case.name, p, training, seed, calls), compute)
+def _observe(ctx, case: RNNCase, p: float, seed: int = 0, tag: str = "") -> Observation:
+    """A training-mode call: units are the weights of the matrix used at each step, ``(T-1, H, H)``."""
+    ratios = _matrices(ctx, case, p, True, seed, tag)
+    return Observation((ratios == 0).numpy(), ratios[ratios != 0].numpy(), (ratios,))
+
+
+def _nothing_dropped(obs: Observation, p: float) -> None:
+    (ratios,) = obs.data
+    if torch.allclose(ratios, torch.ones_like(ratios), rtol=1e-4):
+        raise Fail(f"nothing is dropped at p={p:g} in training mode: every step used weight_hh itself")
+    raise Fail(f"nothing is dropped at p={p:g} in training mode: no weight of W_hh is 0")
+
+
+def _check_identity(ctx, case: RNNCase, p: float, training: bool, seed: int) -> None:
+    """Fail unless every step used ``weight_hh`` itself (eval mode, or p=0)."""
+    try:
+        ratios = _matrices(ctx, case, p, training, seed)
+    except Fail as exc:
+        if training and "recurrent term" in str(exc):
+            raise Fail(
+                f"p={p:g} should use weight_hh unchanged (nothing dropped, scale 1/(1-{p:g}) = 1), but every step "
+                "is tanh(x_t W_ih^T), as if W_hh were 0"
+            ) from None
+        raise
+    if training:
+        if not torch.allclose(ratios, torch.ones_like(ratios), rtol=1e-4, atol=0):
+            raise Fail(f"p={p:g} should use weight_hh unchanged (nothing dropped, scale 1/(1-{p:g}) = 1)")
+        return
+    ratios = one_matrix(ratios)
+    diagnose_eval(
+        ratios,
+        torch.ones_like(ratios),
+        p,
+        "in eval mode",
+        "weights of W_hh",
+        "use weight_hh itself in eval mode",
+    )
 
 
 # --------------------------------------------------------------------------- properties
 
 
 def rnn_properties(case: RNNCase, p_values=(0.2, 0.7)) -> list[Property]:
-    """The properties of a ``WeightDropRNN`` class (see the module docstring)."""
+    """The properties of a ``WeightDropRNN`` class (see the module docstring): the shared mask properties of
+    :mod:`.mask_properties` on the recovered recurrent matrices, and "one W_hh per call, used at every step"."""
 
     def is_module(ctx):
         module = _construct(ctx, case, 0.3)
@@ -181,94 +218,15 @@ def rnn_properties(case: RNNCase, p_values=(0.2, 0.7)) -> list[Property]:
             )
         fail_if_torch_dropout_module(module, "uses", "write the weight mask yourself")
 
-    def eval_and_train(ctx):
-        p = 0.5
-        (ratios,) = _matrices(ctx, case, p, training=False)
-        ratios = one_matrix(ratios)
-        diagnose_eval(
-            ratios,
-            torch.ones_like(ratios),
-            p,
-            "in eval mode",
-            "weights of W_hh",
-            "use weight_hh itself in eval mode",
-        )
-        (ratios,) = _matrices(ctx, case, p)
-        if (ratios != 0).all() and torch.allclose(ratios, torch.ones_like(ratios), rtol=1e-4):
-            raise Fail(
-                "after .train() nothing is dropped: read the mode from `self.training` in forward (set by "
-                ".train()/.eval()), do not store a flag of your own"
-            )
-
     def one_mask_per_call(ctx):
-        (ratios,) = _matrices(ctx, case, 0.5)
-        one_matrix(ratios)
-
-    def drop_fraction(ctx):
-        for p in p_values:
-            (ratios,) = _matrices(ctx, case, p)
-            dropped = (ratios == 0).numpy()
-            if not dropped.any() and torch.allclose(ratios, torch.ones_like(ratios), rtol=1e-4):
-                raise Fail(
-                    f"nothing is dropped at p={p:g} in training mode: every step used weight_hh itself"
-                )
-            diagnose_drop_fraction(float(dropped.mean()), p, independent_draws(dropped), "weights of W_hh")
-
-    def scaling(ctx):
-        for p in p_values:
-            (ratios,) = _matrices(ctx, case, p)
-            diagnose_scale(ratios[ratios != 0].numpy(), p, "kept weights of W_hh")
-
-    def fresh_mask(ctx):
-        p = 0.5
-        first, second = (r[0] == 0 for r in _matrices(ctx, case, p, calls=2))  # the matrices at step 2
-        if not first.any():
-            raise Fail(f"nothing is dropped at p={p:g} in training mode: every step used weight_hh itself")
-        if (first.all(1) | (~first).all(1)).all():
-            raise Fail(
-                "whole rows of W_hh are dropped (a mask of shape (hidden, 1)): that drops units of the new state, "
-                "not single weights; draw one mask value per weight, a mask of W_hh's shape (hidden, hidden)"
-            )
-        if (first.all(0) | (~first).all(0)).all():
-            raise Fail(
-                "whole columns of W_hh are dropped (a mask of shape (hidden,) or (1, hidden)): that drops units of "
-                "h_(t-1), not single weights; draw one mask value per weight, of W_hh's shape (hidden, hidden)"
-            )
-        if torch.equal(first, second):
-            raise Fail(
-                "the same mask on every call: two forward calls dropped exactly the same weights of W_hh; sample "
-                "a new mask inside forward (not in __init__, and do not reseed the RNG)"
-            )
-
-    def edge_cases(ctx):
-        try:
-            (ratios,) = _matrices(ctx, case, 1.0)
-        except Fail as exc:
-            if "ZeroDivisionError" in str(exc):
-                raise Fail(
-                    f"p=1 divides by zero (1-p = 0): when p == 1 every weight of W_hh is dropped, so use a "
-                    f"matrix of zeros ({exc})"
-                ) from None
-            raise
-        if (ratios != 0).any():
-            raise Fail(
-                f"p=1 should drop every weight of W_hh; {float((ratios != 0).double().mean()):.0%} are kept"
-            )
-        try:
-            (ratios,) = _matrices(ctx, case, 0.0)
-        except Fail as exc:
-            if "recurrent term" in str(exc):
-                raise Fail(
-                    "p=0 should use weight_hh unchanged (nothing dropped, scale 1/(1-0) = 1), but every step is "
-                    "tanh(x_t W_ih^T), as if W_hh were 0"
-                ) from None
-            raise
-        if not torch.allclose(ratios, torch.ones_like(ratios), rtol=1e-4, atol=0):
-            raise Fail("p=0 should use weight_hh unchanged (nothing dropped, scale 1/(1-0) = 1)")
+        one_matrix(observed(ctx, adapter, 0.5).data[0])
 
     def gradients(ctx):
         p = 0.4
-        module, w_ih, w_hh = _build(ctx, case, p, True, seed=3)
+        module = _construct(ctx, case, p)
+        w_ih, w_hh = case_weights(case, p, 3)
+        _set_weights(module, case, w_ih, w_hh)
+        ctx.call(module.train, copy_args=False)
         param = _parameters(module, case)["weight_hh"]
         x = case_inputs(case, 3)
         y = _as_states(ctx.call(module, x.clone(), copy_args=False), x, case)
@@ -296,51 +254,50 @@ def rnn_properties(case: RNNCase, p_values=(0.2, 0.7)) -> list[Property]:
                 "gradient times mask/(1-p)): apply the mask with an ordinary product, `weight_hh * mask / (1-p)`"
             )
 
-    def run_even_if_wrong(ctx):
-        """Call the module at p_values[0]; a wrong output does not matter if the call itself happened."""
-        try:
-            _run(ctx, case, p_values[0])
-        except Fail:
-            if not ctx.cache.get("inplace_x"):
-                raise
-
-    def leaves_weights(ctx):
-        run_even_if_wrong(ctx)
-        for w_hh, after_call, replaced in ctx.cache.get("inplace_w", []):
-            if replaced:
-                raise Fail(
-                    "forward replaces the parameter weight_hh (`self.weight_hh = ...`): the optimizer still holds "
-                    "the old one, which then gets no gradient; keep the parameter and compute the dropped matrix "
-                    "in a local variable, `w_hh = self.weight_hh * mask / (1-p)`"
-                )
-            unchanged(w_hh, after_call, "weight_hh", INPLACE_MESSAGE)
-        for x, x_passed in ctx.cache.get("inplace_x", []):
-            unchanged(x, x_passed, "the input tensor x")
-
-    def rejects_bad_p(ctx):
-        check_rejects_bad_p(
-            ctx,
-            lambda bad: _construct(ctx, case, bad),
-            f"{getattr(ctx.candidate, '__name__', case.name)}(input_size, hidden_size, {{p}})",
-        )
-
-    def no_torch_dropout(ctx):
-        run_even_if_wrong(ctx)
-        ctx.fail_if_torch_dropout("write the weight mask yourself, e.g. with torch.rand_like(weight) >= p")
-
-    return [
-        Property("is an nn.Module with parameters weight_ih and weight_hh", 1, is_module),
-        Property("eval mode is the plain tanh RNN; follows .train() / .eval()", 2, eval_and_train),
-        Property("samples ONE dropped W_hh per call and uses it at every step", 2, one_mask_per_call),
-        Property("drops a fraction p of the weights of W_hh", 2, drop_fraction),
-        Property("scales the kept weights by 1/(1-p)", 2, scaling),
-        Property("a fresh mask on every call, one value per weight", 1, fresh_mask),
-        Property("p=1 uses a zero W_hh (no NaN), p=0 weight_hh itself", 1, edge_cases),
-        Property("gradients reach weight_hh through the mask", 1, gradients),
-        Property("leaves weight_hh and the input unchanged", 1, leaves_weights),
-        Property("raises ValueError for p outside [0, 1]", 1, rejects_bad_p),
-        Property("does not call torch's own dropout", 1, no_torch_dropout),
-    ]
+    adapter = Adapter(
+        unit="weights of W_hh",
+        one_unit="weight of W_hh",
+        kept="kept weights of W_hh",
+        run=lambda ctx, p, training=True, seed=0, tag="": _run(ctx, case, p, training, seed, tag),
+        observe=lambda ctx, p, seed, tag: _observe(ctx, case, p, seed, tag),
+        check_identity=lambda ctx, p, training, seed: _check_identity(ctx, case, p, training, seed),
+        mistakes={
+            "same mask": "the same mask on every call: two forward calls dropped exactly the same weights of "
+            "W_hh; sample a new mask inside forward (not in __init__, and do not reseed the RNG)",
+            "p1": "p=1 should drop every weight of W_hh; {kept:.0%} are kept",
+            "p1 result": "use a matrix of zeros",
+            "torch dropout": "write the weight mask yourself, e.g. with torch.rand_like(weight) >= p",
+        },
+        patterns=[
+            (
+                2,
+                "whole rows of W_hh are dropped (a mask of shape (hidden, 1)): that drops units of the new "
+                "state, not single weights; draw one mask value per weight, a mask of W_hh's shape "
+                "(hidden, hidden)",
+            ),
+            (
+                1,
+                "whole columns of W_hh are dropped (a mask of shape (hidden,) or (1, hidden)): that drops units "
+                "of h_(t-1), not single weights; draw one mask value per weight, of W_hh's shape "
+                "(hidden, hidden)",
+            ),
+        ],
+        eval_name="eval mode is the plain tanh RNN",
+        eval_p=(0.5,),
+        toggle=True,
+        independence="a fresh mask on every call, one value per weight",
+        edge="p=1 uses a zero W_hh (no NaN), p=0 weight_hh itself",
+        inplace="leaves weight_hh and the input unchanged",
+        nothing_dropped=_nothing_dropped,
+        build=lambda ctx, p: _construct(ctx, case, p),
+        build_text=lambda ctx: (
+            f"{getattr(ctx.candidate, '__name__', case.name)}(input_size, hidden_size, {{p}})"
+        ),
+        leading=[Property("is an nn.Module with parameters weight_ih and weight_hh", 1, is_module)],
+        extra=[Property("samples ONE dropped W_hh per call and uses it at every step", 2, one_mask_per_call)],
+        trailing=[Property("gradients reach weight_hh through the mask", 1, gradients)],
+    )
+    return mask_properties(adapter, p_values)
 
 
 __all__ = ["RNNCase", "rnn_properties", "recover", "INPLACE_MESSAGE"]
