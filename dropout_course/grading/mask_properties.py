@@ -27,7 +27,6 @@ __all__ = [
     "Adapter",
     "mask_properties",
     "observed",
-    "check_rejects_bad_p",
     "record_unchanged",
     "TOGGLE_MESSAGE",
 ]
@@ -64,13 +63,13 @@ class Adapter:
     unchanged with :func:`record_unchanged`) and ``observe(ctx, p, seed, tag)`` turns a training-mode call into
     an :class:`Observation`; both raise :class:`Fail` naming what is wrong with the result itself (type,
     shape, NaN, a mask that is not one of this exercise's units). ``check_identity(ctx, p, training, seed)``
-    fails unless the call is the identity (eval mode, or ``p=0``); ``mode`` words are used in its messages.
+    fails unless that call is the identity (eval mode, or p=0 in training mode), naming the mode.
 
     ``mistakes`` is the table of diagnoses, by key: ``same mask`` (two calls dropped the same units), ``p1``
     (not everything dropped at p=1; ``{kept}`` is the kept fraction), ``p1 result`` (what p=1 returns, for the
     divide-by-zero hint), ``torch dropout`` (the fix when torch's dropout is called). ``patterns`` lists
     ``(axis, diagnosis)``: the mask must not be constant along ``axis`` of ``dropped`` (``{n}`` is that axis's
-    length, ``{state}`` dropped or kept, ``{p}`` the probability).
+    length, ``{state}`` "dropped" if every unit was, else "kept", ``{p}`` the probability).
     """
 
     unit: str  # what one mask value drops, plural: "elements", "attention weights"
@@ -107,7 +106,7 @@ def record_unchanged(ctx: CheckContext, check: Callable[[], None]) -> None:
     ctx.cache.setdefault("unchanged", []).append(check)
 
 
-def check_rejects_bad_p(ctx: CheckContext, build: Callable[[float], object], call_text: str) -> None:
+def _check_rejects_bad_p(ctx: CheckContext, build: Callable[[float], object], call_text: str) -> None:
     """Fail unless ``build(p)`` (the learner's constructor, called through ``ctx.call``) raises ValueError for
     p = -0.1 and 1.5; ``call_text`` shows the call, with ``{p}`` for the value."""
     for bad in (-0.1, 1.5):
@@ -203,7 +202,7 @@ def mask_properties(a: Adapter, p_values: tuple[float, float] = (0.2, 0.7)) -> l
             check()
 
     def rejects_bad_p(ctx):
-        check_rejects_bad_p(ctx, lambda bad: a.build(ctx, bad), a.build_text(ctx))
+        _check_rejects_bad_p(ctx, lambda bad: a.build(ctx, bad), a.build_text(ctx))
 
     def no_torch_dropout(ctx):
         try:

@@ -11,9 +11,9 @@ over ``x`` ``(T, N, input)`` and returns every :math:`h_t`, ``(T, N, hidden)``: 
 used at every step, and :math:`\tilde W = W_{hh}` in eval mode.
 
 The grader sets the weights and recovers, from the outputs alone, the recurrent matrix used at each step
-(:mod:`.rnn_recovery`); the recovered matrices are judged like any dropout mask (binomial drop fraction,
-``1/(1-p)`` scale, constant over the steps, fresh on every call), so any correct implementation passes whatever
-the order of its random calls.
+(:mod:`.rnn_recovery`); the recovered matrices are judged by the shared properties of any dropout mask
+(:mod:`.mask_properties`: binomial drop fraction, ``1/(1-p)`` scale, fresh on every call, ...) plus "constant
+over the steps", so any correct implementation passes whatever the order of its random calls.
 """
 
 from __future__ import annotations
