@@ -121,7 +121,26 @@ class HandWritten(nn.Module):
         return self.out(self.drop(torch.relu(self.fc2(x))))
 
 
+def _inplace_with_flatten(seed):
+    """Flatten first, in-place ReLU and dropout, named layers: an unusual but valid style."""
+    from collections import OrderedDict
+
+    return nn.Sequential(
+        OrderedDict(
+            flat=nn.Flatten(),
+            fc1=nn.Linear(784, 256),
+            relu1=nn.ReLU(inplace=True),
+            drop1=nn.Dropout(0.5, inplace=True),
+            fc2=nn.Linear(256, 256),
+            relu2=nn.ReLU(inplace=True),
+            drop2=nn.Dropout(p=0.5, inplace=True),
+            logits=nn.Linear(256, 10),
+        )
+    )
+
+
 CORRECT = {
+    "inplace_named_with_flatten": _inplace_with_flatten,
     "sequential_nn_dropout": lambda seed: _sequential(),
     "hidden_only_course_dropout": lambda seed: _sequential(0.0, (0.5, 0.5), drop=Dropout),
     "before_relu_other_ps": lambda seed: _sequential(0.3, (0.6, 0.4), before_relu=True),
@@ -178,7 +197,35 @@ class Softmaxed(nn.Module):
         return torch.softmax(self.net(x), dim=1)
 
 
+class DropoutBuiltInForward(nn.Module):
+    """nn.Dropout(p)(x) inside forward: a new module at every call, never a sub-module, always in train mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(784, 256), nn.Linear(256, 256), nn.Linear(256, 10)
+
+    def forward(self, x):
+        x = nn.Dropout(0.5)(F.relu(self.fc1(x)))
+        return self.out(nn.Dropout(0.5)(F.relu(self.fc2(x))))
+
+
 WRONG = {
+    "dropout_module_built_in_forward": (
+        lambda seed: DropoutBuiltInForward(),
+        [
+            "`nn.Dropout(p)(x)`, which creates a new module at every call",
+            "a dropout module created inside forward (`nn.Dropout(p)(x)`) is always in train mode",
+            "not checked: dropout is still on in eval mode",
+        ],
+    ),
+    "dropout1d": (
+        lambda seed: _sequential(0.0, (0.5, 0.5), drop=nn.Dropout1d),
+        ["Dropout1d drops whole channels", "it zeroes whole examples"],
+    ),
+    "alpha_dropout": (
+        lambda seed: _sequential(0.0, (0.5, 0.5), drop=nn.AlphaDropout),
+        ["AlphaDropout is meant for SELU networks"],
+    ),
     "no_dropout": (lambda seed: _sequential(0.0, (0.0, 0.0)), ["the model has no dropout at all"]),
     "dropout_on_logits": (
         lambda seed: _sequential(0.0, (0.5, 0.5), p_logits=0.5),
@@ -241,7 +288,10 @@ WRONG = {
     ),
     "functional_without_training_flag": (
         lambda seed: NoTrainingFlag(),
-        ["dropout is applied as a function inside forward", "in eval mode two forward passes"],
+        [
+            "dropout is applied inside forward by something that is not a sub-module of the model",
+            "in eval mode two forward passes",
+        ],
     ),
     "declared_not_used": (lambda seed: DeclaredNotUsed(), ["its forward pass never calls them"]),
     "softmax_output": (lambda seed: Softmaxed(), ["returns probabilities (a softmax at the end)"]),

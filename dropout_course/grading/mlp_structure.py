@@ -233,10 +233,40 @@ def relu_activations(ctx):
                     f"hidden layer {k} uses {name} instead of ReLU: keep the plain network's ReLU (the exercise "
                     "changes only the dropout, so the comparison with the plain network is fair)"
                 )
+        if not _eval_is_deterministic(ctx):
+            raise Fail(
+                "not checked: dropout is still on in eval mode, so the values between the layers are random "
+                '(see "drops in train mode, deterministic in eval mode")'
+            )
         raise Fail(
             f"between hidden layer {k} and the next Linear the values are not ReLU(Linear output): keep "
             "Linear -> ReLU -> Dropout, with nothing else in between"
         )
+
+
+def _eval_is_deterministic(ctx) -> bool:
+    """Whether two eval-mode forward passes of (a copy of) the model on the same images agree."""
+
+    def compute():
+        model = copy.deepcopy(learner_model(ctx)).eval()
+        x = _images(64)
+        with torch.no_grad():
+            return torch.equal(ctx.call(model, x, copy_args=False), ctx.call(model, x, copy_args=False))
+
+    return ctx.memo("eval deterministic", compute)
+
+
+# torch's dropouts that do not drop single units of (N, 256) activations: whole channels (Dropout2d is
+# element-wise there, each (n, c) being a channel without extent), or SELU's self-normalising variant
+_NOT_ELEMENTWISE = {
+    "Dropout1d": "drops whole channels: on (N, 256) activations, which it reads as (channels, length), it "
+    "zeroes whole examples",
+    "Dropout3d": "drops whole channels (3-D feature maps): on (N, 256) activations, which it reads as "
+    "(channels, depth), it zeroes whole examples",
+    "AlphaDropout": "is meant for SELU networks (it sets dropped units to SELU's negative saturation and keeps "
+    "a self-normalising mean and variance), not for ReLU activations",
+    "FeatureAlphaDropout": "drops whole channels of a SELU network, not single units of a ReLU MLP",
+}
 
 
 def drops_in_train_mode(ctx) -> bool:
@@ -259,8 +289,10 @@ def hidden_sites(ctx):
             )
         if ctx.torch_dropout_calls or drops_in_train_mode(ctx):
             raise Fail(
-                "dropout is applied as a function inside forward; use dropout modules (`nn.Dropout(p)` or "
-                "`dropout_course.layers.Dropout(p)`) so that the grader can find them and read their p"
+                "dropout is applied inside forward by something that is not a sub-module of the model "
+                "(`F.dropout(...)`, or `nn.Dropout(p)(x)`, which creates a new module at every call): create "
+                "the dropout modules (`nn.Dropout(p)` or `dropout_course.layers.Dropout(p)`) in `__init__` or "
+                "the nn.Sequential, so that `model.eval()` switches them and the grader can read their p"
             )
         raise Fail("the model has no dropout at all: add `nn.Dropout(P_HIDDEN)` after each hidden ReLU")
     missing = [k + 1 for k, ps in enumerate(hidden) if not ps]
@@ -285,6 +317,13 @@ def hidden_sites(ctx):
             f"the dropout after hidden layer {' and '.join(map(str, zero))} has p = 0, which drops nothing: "
             "set P_HIDDEN to the drop probability you chose"
         )
+    for module in learner_model(ctx).modules():
+        name = type(module).__name__
+        if name in _NOT_ELEMENTWISE:
+            raise Fail(
+                f"{name} {_NOT_ELEMENTWISE[name]}: use `nn.Dropout(p)` (or the course's `Dropout(p)`), which "
+                "drops single units"
+            )
 
 
 def not_on_logits(ctx):
@@ -325,14 +364,12 @@ def sensible_p(ctx):
 
 
 def train_eval(ctx):
-    model = copy.deepcopy(learner_model(ctx)).eval()
-    x = _images(64)
-    with torch.no_grad():
-        a, b = ctx.call(model, x, copy_args=False), ctx.call(model, x, copy_args=False)
-    if not torch.equal(a, b):
+    if not _eval_is_deterministic(ctx):
         raise Fail(
             "in eval mode two forward passes on the same images differ: dropout is still on at evaluation. "
-            "`F.dropout(x, p)` defaults to training=True: pass `training=self.training`, or use modules"
+            "`F.dropout(x, p)` defaults to training=True, and a dropout module created inside forward "
+            "(`nn.Dropout(p)(x)`) is always in train mode: create the modules in `__init__` or the "
+            "nn.Sequential, so that `model.eval()` switches them"
         )
     if not drops_in_train_mode(ctx):
         raise Fail("in train mode two forward passes give the same output: the model never drops anything")
