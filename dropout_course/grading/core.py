@@ -24,7 +24,6 @@ only call them and look at what they return. Such a judge passes ``seed_rng=call
 from __future__ import annotations
 
 import copy
-import functools
 import html
 import os
 import random
@@ -222,97 +221,6 @@ def load_checks(exercise: str) -> dict[str, CheckSpec]:
 # --------------------------------------------------------------------------- safe calls
 
 
-_TORCH_DROPOUT_NAMES = (
-    "dropout",
-    "dropout_",
-    "feature_dropout",
-    "feature_dropout_",
-    "alpha_dropout",
-    "alpha_dropout_",
-    "feature_alpha_dropout",
-    "feature_alpha_dropout_",
-    "native_dropout",
-)
-_FUNCTIONAL_NAMES = (
-    "dropout",
-    "dropout1d",
-    "dropout2d",
-    "dropout3d",
-    "alpha_dropout",
-    "feature_alpha_dropout",
-)
-
-
-def _sdpa_drops(args: tuple, kwargs: dict) -> bool:
-    """Whether a ``scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, ...)`` call applies dropout."""
-    p = kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0)
-    try:
-        return float(p) > 0.0
-    except (TypeError, ValueError):
-        return True
-
-
-@contextmanager
-def spy_torch_dropout(calls: list[str]):
-    """Patch torch's own dropout entry points so that any call during the block is recorded in ``calls``.
-
-    Covers ``torch.nn.functional.dropout*`` (also when imported under another name: the internal
-    ``torch._VF`` functions are patched too), ``torch.dropout`` and friends, ``nn.Dropout*`` modules, and
-    ``torch.nn.functional.scaled_dot_product_attention`` when called with ``dropout_p > 0`` (its dropout
-    does not go through the functions above). The wrapped functions still work, so the learner's code runs
-    normally.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    patched: list[tuple[object, str, object, bool]] = []
-
-    def wrap(owner, name: str, label: str, when: Callable[[tuple, dict], bool] | None = None) -> None:
-        original = getattr(owner, name, None)
-        if original is None:
-            return
-        had = name in getattr(owner, "__dict__", {})
-
-        @functools.wraps(original)
-        def spy(*args, **kwargs):
-            if when is None or when(args, kwargs):
-                calls.append(label)
-            return original(*args, **kwargs)
-
-        try:
-            setattr(owner, name, spy)
-        except (AttributeError, TypeError):
-            return
-        patched.append((owner, name, original, had))
-
-    for name in _FUNCTIONAL_NAMES:
-        wrap(F, name, f"torch.nn.functional.{name}")
-    for name in _TORCH_DROPOUT_NAMES:
-        wrap(torch, name, f"torch.{name}")
-        wrap(torch._VF, name, "torch.nn.functional.dropout")
-    wrap(
-        F,
-        "scaled_dot_product_attention",
-        "torch.nn.functional.scaled_dot_product_attention(dropout_p > 0)",
-        _sdpa_drops,
-    )
-    for cls in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout"):
-        module_cls = getattr(torch.nn, cls, None)
-        if module_cls is not None:
-            wrap(module_cls, "forward", f"torch.nn.{cls}")
-    try:
-        yield calls
-    finally:
-        for owner, name, original, had in reversed(patched):
-            if had:
-                setattr(owner, name, original)
-            else:
-                try:
-                    delattr(owner, name)
-                except AttributeError:
-                    setattr(owner, name, original)
-
-
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -393,13 +301,13 @@ class CheckContext:
         self.seed = seed
         self.extra = extra
         self.cache: dict = {}
-        self.torch_dropout_calls: list[str] = []
         self.timed_out = ""
         self.trace = Trace(originality)
+        self.torch_dropout_calls = self.trace.torch_calls  # torch's dropout entry points the code called
 
     def fail_if_torch_dropout(self, fix: str) -> None:
         """Raise :class:`Fail` naming torch's dropout functions the learner's code called, then ``fix``."""
-        calls = self.torch_dropout_calls + [c for c in self.trace.findings if c.startswith("torch")]
+        calls = self.torch_dropout_calls
         if calls:
             used = ", ".join(sorted(set(calls)))
             raise Fail(f"calls torch's own dropout ({used}): {fix}")
@@ -442,7 +350,8 @@ class CheckContext:
         return None
 
     def call(self, fn, *args, copy_args: bool = True, traced: bool = True, **kwargs):
-        """Call learner code safely: deep-copied arguments, time limit, spying on torch's dropout.
+        """Call learner code safely: deep-copied arguments, time limit, traced (torch's dropout and, for a
+        check with an :class:`Originality`, what it forbids: see :class:`~.detect.Trace`).
 
         Raises :class:`Fail` with a readable reason if the code raises or runs past the time limit.
         ``traced=False`` for learner code that is not the candidate (not judged for originality here).
@@ -457,7 +366,7 @@ class CheckContext:
         def run():
             if not traced:  # learner code other than the candidate (e.g. their forward pass passed along)
                 return fn(*args, **kwargs)
-            with spy_torch_dropout(self.torch_dropout_calls), self.trace.active():
+            with self.trace.active():
                 return fn(*args, **kwargs)
 
         try:

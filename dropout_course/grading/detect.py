@@ -25,13 +25,14 @@ detectors look for it; any finding costs the whole check (see :meth:`Grader.chec
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import sys
 import textwrap
 import types
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 TORCH_DROPOUT_NAMES = frozenset(
@@ -151,7 +152,20 @@ def _torch_label(func) -> str | None:
     return f"torch.{name}"
 
 
+@functools.cache
+def _torch_module_label(cls: type) -> str | None:
+    """``"torch.nn.Dropout"`` (and so on) if ``cls`` is, or subclasses, one of torch's dropout modules."""
+    for klass in cls.__mro__:
+        if klass.__module__ == "torch.nn.modules.dropout" and klass.__name__ in TORCH_DROPOUT_CLASSES:
+            return f"torch.nn.{klass.__name__}"
+    return None
+
+
+SDPA_DROPOUT = "torch.nn.functional.scaled_dot_product_attention(dropout_p > 0)"
+
+
 def _sdpa_drops(args: tuple, kwargs: dict) -> bool:
+    """Whether a ``scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, ...)`` call applies dropout."""
     p = kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0)
     try:
         return float(p) > 0.0
@@ -169,39 +183,105 @@ def _learner_frame(frame) -> bool:
     return not (filename.startswith("<frozen") or filename.startswith(_LIBRARY_DIRS))
 
 
+_LABELS: dict = {}  # torch function -> _torch_label (or SDPA_DROPOUT, or None): the mode's hot path
+
+
+def _label_of(func) -> str | None:
+    """:func:`_torch_label` of ``func``, ``SDPA_DROPOUT`` for attention (its ``dropout_p`` decides), else
+    None; remembered per function (every torch call of the learner's code asks)."""
+    try:
+        return _LABELS[func]
+    except KeyError:
+        pass
+    except TypeError:  # not hashable
+        return _torch_label(func)
+    label = _torch_label(func)
+    if label is None and getattr(func, "__name__", "") == "scaled_dot_product_attention":
+        label = SDPA_DROPOUT
+    if len(_LABELS) > 10_000:
+        _LABELS.clear()
+    _LABELS[func] = label
+    return label
+
+
+@functools.cache
+def _dropout_mode_class():
+    """A ``TorchFunctionMode`` class that reports every torch dropout entry point called to its trace."""
+    from torch.overrides import TorchFunctionMode
+
+    class _DropoutMode(TorchFunctionMode):
+        def __init__(self, trace: Trace) -> None:
+            super().__init__()
+            self.trace = trace
+
+        def __torch_function__(self, func, types_, args=(), kwargs=None):
+            label = _label_of(func)
+            if label is SDPA_DROPOUT:
+                if _sdpa_drops(args, kwargs or {}):
+                    self.trace.record_torch(label, sdpa=True)
+            elif label is not None:
+                self.trace.record_torch(label)
+            return func(*args, **(kwargs or {}))
+
+    return _DropoutMode
+
+
 class Trace:
-    """Record, while learner code runs, calls to torch's dropout and to the course's reference code."""
+    """Record, while learner code runs, every call of torch's dropout (``torch_calls``, whatever the check)
+    and what the check's :class:`Originality` forbids (``findings``).
+
+    The one detector of torch's dropout in grading: a ``TorchFunctionMode`` sees every torch entry point
+    however it was reached (``F.dropout*``, ``torch.dropout`` imported or saved under another name,
+    ``torch._VF.dropout``, ``torch.ops.aten.*dropout*``, ``scaled_dot_product_attention`` with
+    ``dropout_p > 0``) and a forward pre-hook names ``nn.Dropout*`` modules (``torch_calls`` only, so that
+    a finding names the function). Reference code and ``exec()`` are found by a profile hook.
+    """
 
     def __init__(self, originality: Originality | None) -> None:
         self.originality = originality
         self.codes = reference_codes(originality) if originality else {}
         self.findings: list[str] = []
+        self.torch_calls: list[str] = []
+
+    def record_torch(self, label: str, sdpa: bool = False) -> None:
+        """A call of torch's dropout (``sdpa``: attention with ``dropout_p > 0``): a finding if forbidden."""
+        self.torch_calls.append(label)
+        forbidden = self.originality is not None and (
+            self.originality.forbid_sdpa if sdpa else self.originality.torch_dropout
+        )
+        if forbidden:
+            self.findings.append(label)
 
     @contextmanager
     def active(self):
-        """Trace the block (the current thread): torch entry points and reference code objects."""
-        if self.originality is None:
-            yield
-            return
-        from torch.overrides import TorchFunctionMode
+        """Trace the block (the current thread)."""
+        import threading
 
-        findings, originality, codes = self.findings, self.originality, self.codes
+        from torch.nn.modules.module import register_module_forward_pre_hook
 
-        class _Spy(TorchFunctionMode):
-            def __torch_function__(self, func, types_, args=(), kwargs=None):
-                kwargs = kwargs or {}
-                if originality.torch_dropout:
-                    label = _torch_label(func)
-                    if label:
-                        findings.append(label)
-                    elif originality.forbid_sdpa and getattr(func, "__name__", "") == (
-                        "scaled_dot_product_attention"
-                    ):
-                        if _sdpa_drops(args, kwargs):
-                            findings.append("torch.nn.functional.scaled_dot_product_attention(dropout_p > 0)")
-                return func(*args, **kwargs)
+        thread = threading.get_ident()
+
+        def module_hook(module, args):
+            label = _torch_module_label(type(module))
+            if label and threading.get_ident() == thread:
+                self.torch_calls.append(label)
 
         previous = sys.getprofile()
+        hook = register_module_forward_pre_hook(module_hook)
+        if self.originality is not None:
+            sys.setprofile(self._profiler(previous))
+        try:
+            with _dropout_mode_class()(self):
+                yield
+        finally:
+            if self.originality is not None:
+                sys.setprofile(previous)
+            hook.remove()
+
+    def _profiler(self, previous):
+        """A ``sys.setprofile`` hook: calls into the reference code objects, ``exec``/``eval``/``compile``
+        from the learner's code (then the ``previous`` hook)."""
+        findings, codes = self.findings, self.codes
         dynamic = {id(exec): "exec", id(eval): "eval", id(compile): "compile"}
 
         def profile(frame, event, arg):
@@ -214,13 +294,7 @@ class Trace:
             if previous is not None:
                 previous(frame, event, arg)
 
-        spy = _Spy() if (originality.torch_dropout or originality.forbid_sdpa) else nullcontext()
-        sys.setprofile(profile)
-        try:
-            with spy:
-                yield
-        finally:
-            sys.setprofile(previous)
+        return profile
 
     def describe(self) -> str | None:
         """ "calls X, Y" naming what was called (private helpers only when nothing public was), or None."""

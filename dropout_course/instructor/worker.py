@@ -195,17 +195,17 @@ class Worker:
         return {"ok": True, "items": items}
 
     def trace_for(self, check):
+        """The trace of the judge's current check (its :class:`Originality`), or one that only records
+        torch's dropout (no check, or an unknown one)."""
         from ..grading.core import load_checks
         from ..grading.detect import Trace
 
-        if check is None:
-            return None
         if check not in self.traces:
             try:
-                spec = load_checks(check[0]).get(check[1])
-                self.traces[check] = Trace(spec.originality if spec else None)
+                spec = load_checks(check[0]).get(check[1]) if check is not None else None
             except Exception:  # noqa: BLE001
-                self.traces[check] = None
+                spec = None
+            self.traces[check] = Trace(spec.originality if spec else None)
         return self.traces[check]
 
     def observe(self, args, kwargs, extras: dict) -> tuple[list, list]:
@@ -236,8 +236,6 @@ class Worker:
     def do_call(self, target, method, args, kwargs, grad_leaves, check, extras=None) -> dict:
         import torch
 
-        from ..grading.core import spy_torch_dropout
-
         obj = self.resolve(target)
         leaves = [t.detach().requires_grad_(True) for t in grad_leaves]
 
@@ -257,18 +255,13 @@ class Worker:
         before = _snapshot_args(args, kwargs)
         events, hooks = self.observe(args, kwargs, extras or {})
         fn = obj if method is None else getattr(obj, method)
-        calls: list[str] = []
         trace = self.trace_for(check)
-        findings_before = len(trace.findings) if trace else 0
+        calls_before, findings_before = len(trace.torch_calls), len(trace.findings)
         try:
-            with spy_torch_dropout(calls):
-                if trace is not None:
-                    with trace.active():
-                        value = fn(*args, **kwargs)
-                else:
-                    value = fn(*args, **kwargs)
+            with trace.active():
+                value = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001
-            return {"ok": False, "error": self.error(exc), "calls": calls}
+            return {"ok": False, "error": self.error(exc), "calls": trace.torch_calls[calls_before:]}
         finally:
             for hook in hooks:
                 hook.remove()
@@ -278,8 +271,8 @@ class Worker:
             "ok": True,
             "value": encoded,
             "mutated": _mutations(before, args, kwargs),
-            "calls": calls,
-            "findings": list(trace.findings[findings_before:]) if trace else [],
+            "calls": trace.torch_calls[calls_before:],
+            "findings": trace.findings[findings_before:],
             "events": [[i, t, self.encode(a, []), self.encode(o, [])] for i, t, a, o in events[:20000]],
         }
         inputs = list(leaves)
