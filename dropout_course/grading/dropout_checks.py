@@ -18,7 +18,7 @@ from torch import nn
 
 from .core import CheckContext, Fail, Property, fail_if_torch_dropout_module
 from .detect import fingerprint, probe_error_text
-from .mask_properties import Adapter, Observation, mask_properties, record_unchanged
+from .mask_properties import Adapter, Observation, instance, mask_properties, record_unchanged
 from .masks import as_tensor_output, check_finite, diagnose_eval, make_input, unchanged
 
 
@@ -48,22 +48,16 @@ def function_caller(ctx: CheckContext, x: torch.Tensor, p: float, training: bool
     return ctx.call(ctx.candidate, x, p, training, copy_args=False)
 
 
-def module_instance(ctx: CheckContext, p: float):
-    """The ONE instance of the learner's class for ``p`` in this check (built on first use, then reused, so
-    that state kept on the instance between calls, such as a cached mask, shows)."""
-
-    def build():
-        module = ctx.call(ctx.candidate, p)
-        if not isinstance(module, nn.Module):
-            raise Fail(f"`{_name(ctx.candidate)}(p)` is not an nn.Module: subclass torch.nn.Module")
-        return module
-
-    return ctx.memo(("instance", p), build)
+def _build_module(ctx: CheckContext, p: float) -> nn.Module:
+    module = ctx.call(ctx.candidate, p)
+    if not isinstance(module, nn.Module):
+        raise Fail(f"`{_name(ctx.candidate)}(p)` is not an nn.Module: subclass torch.nn.Module")
+    return module
 
 
 def module_caller(ctx: CheckContext, x: torch.Tensor, p: float, training: bool):
     """Call the check's instance of the learner's class for ``p`` on ``x`` in train or eval mode."""
-    module = module_instance(ctx, p)
+    module = instance(ctx, p, lambda: _build_module(ctx, p))
     ctx.call(module.train if training else module.eval, copy_args=False)
     return ctx.call(module, x, copy_args=False)
 

@@ -19,7 +19,7 @@ from .attention_checks import AttentionCase, attention_properties
 from .core import CheckContext, CheckSpec, Fail, Originality, Property, fail_if_torch_dropout_module
 from .dropout_checks import Variant, forward_properties, function_caller, variant_fingerprint
 from .ex01_inverted_dropout import REFERENCES
-from .mask_properties import Adapter, Observation, mask_properties, record_unchanged
+from .mask_properties import Adapter, Observation, instance, mask_properties, record_unchanged
 from .masks import as_tensor_output, make_input, unchanged
 
 EXERCISE = "ex05_attention_dropout"
@@ -107,16 +107,11 @@ def _build(ctx: CheckContext, p: float, branch: nn.Module | None = None):
     return block, branch
 
 
-def _instance(ctx, p: float):
-    """The check's ONE ``ResidualBlock(branch, p)`` for ``p`` (reused, so state kept between calls shows)."""
-    return ctx.memo(("block instance", p), lambda: _build(ctx, p))
-
-
 def _block_run(ctx, p: float, training: bool = True, seed: int = 0, tag: str = ""):
     """Call the check's block for ``p`` in the given mode on a fresh x: (x, branch(x), y), detached."""
 
     def compute():
-        block, branch = _instance(ctx, p)
+        block, branch = instance(ctx, p, lambda: _build(ctx, p))
         ctx.call(block.train if training else block.eval, copy_args=False)
         x = make_input(_SHAPE, seed)
         x_passed = x.clone()

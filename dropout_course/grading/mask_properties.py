@@ -28,6 +28,7 @@ __all__ = [
     "mask_properties",
     "observed",
     "record_unchanged",
+    "instance",
     "TOGGLE_MESSAGE",
 ]
 
@@ -98,6 +99,12 @@ class Adapter:
     leading: list[Property] = field(default_factory=list)  # before the shared ones (is a module, ...)
     extra: list[Property] = field(default_factory=list)  # after the scale (the exercise's own behaviour)
     trailing: list[Property] = field(default_factory=list)  # after "does not modify" (dtype, gradients)
+
+
+def instance(ctx: CheckContext, p: float, build: Callable[[], object]):
+    """The check's ONE instance of the candidate's class for ``p``, ``build()`` on first use and then reused, so
+    that state kept on the instance between calls (a cached mask) shows."""
+    return ctx.memo(("instance", p), build)
 
 
 def record_unchanged(ctx: CheckContext, check: Callable[[], None]) -> None:

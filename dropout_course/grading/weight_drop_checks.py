@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .core import CheckContext, Fail, Property, fail_if_torch_dropout_module
-from .mask_properties import Adapter, Observation, mask_properties, observed, record_unchanged
+from .mask_properties import Adapter, Observation, instance, mask_properties, observed, record_unchanged
 from .masks import as_tensor_output, diagnose_eval, make_input, unchanged
 from .rnn_recovery import (
     RNNCase,
@@ -85,11 +85,6 @@ def _set_weights(module: nn.Module, case: RNNCase, w_ih: torch.Tensor, w_hh: tor
         params["weight_hh"].copy_(w_hh)
 
 
-def _instance(ctx: CheckContext, case: RNNCase, p: float) -> nn.Module:
-    """The check's ONE module for ``p`` (reused, so that a mask kept on the instance between calls shows)."""
-    return ctx.memo(("rnn instance", p), lambda: _construct(ctx, case, p))
-
-
 def _as_states(y, x: torch.Tensor, case: RNNCase) -> torch.Tensor:
     """Check that ``y`` is the ``(T, N, hidden)`` tensor of every hidden state; Fail naming the mistake."""
     t, n, h = case.steps, case.batch, case.hidden_size
@@ -141,7 +136,7 @@ def _run(ctx: CheckContext, case: RNNCase, p: float, training: bool = True, seed
     ``(x, w_ih, w_hh, y)``, the output detached."""
 
     def compute():
-        module = _instance(ctx, case, p)
+        module = instance(ctx, p, lambda: _construct(ctx, case, p))
         w_ih, w_hh = case_weights(case, p, seed)
         _set_weights(module, case, w_ih, w_hh)
         ctx.call(module.train if training else module.eval, copy_args=False)
