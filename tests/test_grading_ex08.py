@@ -115,7 +115,17 @@ ENSEMBLE_MISTAKES = [
 ]
 
 
+def scaled_by_p(x, W, b, p):
+    n = x.shape[0]
+    masks = _masks(n)
+    kept = masks.sum(1)
+    log_p = torch.log_softmax((masks * x / p) @ W.T + b, 1)
+    prob = (1 - p) ** kept * p ** (n - kept)
+    return prob @ log_p.exp(), torch.softmax(prob @ log_p, 0)
+
+
 ENSEMBLE_MISTAKES += [
+    (scaled_by_p, "arithmetic", "the kept inputs are scaled by 1/p"),
     (
         lambda x, W, b, p: ensemble_bits(x, W, b, p, masks=lambda n: range(1, 2**n)),
         "arithmetic",

@@ -275,7 +275,22 @@ def mc_dropout_on_without_eval(model, x, T=50):  # fixes "dropout on" but not th
     return _mc_loop(model, x, T, call_eval=False)
 
 
+def mc_repeat_interleave_reshaped_t_first(model, x, T=50):  # rows of different examples averaged
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    for m in dropout_modules(model):
+        m.train()
+    with torch.no_grad():
+        out = torch.softmax(model(x.repeat_interleave(T, 0)), 1).reshape(T, len(x), -1).mean(0)
+    for m, mode in zip(model.modules(), modes, strict=True):
+        m.training = mode
+    return out
+
+
 MC_MISTAKES = {
+    mc_repeat_interleave_reshaped_t_first: {
+        "dropout samples: T passes with fresh masks, averaged": "row i must be the mean over the T passes of example i"
+    },
     mc_mean_of_logits: {
         "dropout samples: T passes with fresh masks, averaged": "averages the LOGITS of the T passes"
     },
@@ -381,6 +396,13 @@ def test_fresh_dropout_in_another_style_passes(grader):
         assert result.passed, result.messages
 
 
+class ReturnsTheScaledMask(Fresh):  # forgets to multiply by x: right on an input of ones only
+    def forward(self, x):
+        if not self.training:
+            return x
+        return (torch.rand_like(x) >= self.p).to(x.dtype) / (1 - self.p)
+
+
 class KeepsWithProbabilityP(Fresh):
     def forward(self, x):
         if not self.training:
@@ -392,6 +414,11 @@ class KeepsWithProbabilityP(Fresh):
     ("cls", "prop", "diagnosis"),
     [
         (KeepsWithProbabilityP, "drops a fraction p and scales the kept units by 1/(1-p)", "about 1 - p"),
+        (
+            ReturnsTheScaledMask,
+            "drops a fraction p and scales the kept units by 1/(1-p)",
+            "the output is the scaled mask itself; return x * mask / (1 - p)",
+        ),
         (ScriptDropout, "a fresh mask on every forward call", "cached and reused"),
         (BatchShared, "drops a fraction p and scales the kept units by 1/(1-p)", "share one mask"),
         (WrapsTorch, "a fresh mask on every forward call", "wraps a ready-made dropout layer (Dropout)"),

@@ -85,6 +85,7 @@ def _ensembles(
     q = 1 - p if keep_as_drop else p  # the drop probability actually used
     masks = theory.all_masks(n)
     scale = 1 / (1 - q) if scaled and q < 1 else 1.0
+    scale = 1 / p if scaled == "by p" else scale
     logits = ((1 - masks if flipped else masks) * x * scale) @ W.T + b  # (2^n, K)
     log_probs = torch.log_softmax(logits, dim=-1)
     weights = (
@@ -107,6 +108,7 @@ def _ensemble_mistakes(x, W, b, p: float) -> list[tuple[str, torch.Tensor, torch
     a_k, g_k, _ = _ensembles(x, W, b, p, keep_as_drop=True)
     a_s, g_s, _ = _ensembles(x, W, b, p, scaled=False)
     a_f, g_f, _ = _ensembles(x, W, b, p, flipped=True)
+    a_p, g_p, _ = _ensembles(x, W, b, p, scaled="by p")
     a_0, g_0, _ = _ensembles(x, W, b, p, missing=0)
     a_1, g_1, _ = _ensembles(x, W, b, p, missing=-1)
     return [
@@ -115,6 +117,11 @@ def _ensemble_mistakes(x, W, b, p: float) -> list[tuple[str, torch.Tensor, torch
             "m = 1 meaning kept, use m * x / (1-p) and Pr(m) = (1-p)^|m| p^(n-|m|)",
             a_f,
             g_f,
+        ),
+        (
+            "the kept inputs are scaled by 1/p; inverted dropout divides by the KEEP probability, 1/(1-p)",
+            a_p,
+            g_p,
         ),
         (f"the mask that drops every unit is missing: {_ALL_MASKS}", a_0, g_0),
         (f"the mask that keeps every unit is missing: {_ALL_MASKS}", a_1, g_1),

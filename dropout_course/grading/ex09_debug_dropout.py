@@ -280,13 +280,30 @@ def _mc(ctx: CheckContext, net: nn.Module, x: torch.Tensor, T: int) -> torch.Ten
     return out.detach().double()
 
 
-def _mc_batch_independent(n: int, seed: int):
-    def test(ctx: CheckContext) -> None:
-        net = probe_net(0.0, seed, batchnorm=True)  # p = 0: MC prediction must equal the eval-mode prediction
+def _p0_prediction(ctx: CheckContext, n: int, seed: int):
+    """The learner's MC prediction with p = 0 (handed over in train mode, as during training), the eval-mode
+    prediction it must equal, and BatchNorm's mode at each of its calls (computed once per check)."""
+
+    def compute():
+        net = probe_net(0.0, seed, batchnorm=True)
         x, _ = _data(n, seed + 1)
         want = torch.softmax(net(x), 1).detach()
-        got = _mc(ctx, net.train(), x, 3)  # left in train mode, as during training
-        if not torch.allclose(got, want, atol=1e-6):
+        bn = next(m for m in net.modules() if isinstance(m, nn.BatchNorm1d))
+        bn_modes: list[bool] = []
+        hook = bn.register_forward_pre_hook(lambda module, args: bn_modes.append(module.training))
+        try:
+            got = _mc(ctx, net.train(), x, 3)
+        finally:
+            hook.remove()
+        return got, want, bn_modes
+
+    return ctx.memo(("p0", n, seed), compute)
+
+
+def _mc_batch_independent(n: int, seed: int):
+    def test(ctx: CheckContext) -> None:
+        got, want, bn_modes = _p0_prediction(ctx, n, seed)  # p = 0: MC must equal the eval prediction
+        if not torch.allclose(got, want, atol=1e-6) and any(bn_modes):
             raise Fail(
                 "with p = 0 the MC prediction differs from the eval-mode prediction: BatchNorm is normalising "
                 "with the batch's own statistics (it is in train mode, as the model was handed over during "
@@ -294,6 +311,18 @@ def _mc_batch_independent(n: int, seed: int):
             )
 
     return test
+
+
+def _mc_rows_are_examples(ctx: CheckContext, n: int, seed: int) -> None:
+    got, want, bn_modes = _p0_prediction(ctx, n, seed)
+    if (
+        bn_modes and not any(bn_modes) and not torch.allclose(got, want, atol=1e-6)
+    ):  # else: BatchNorm, or no pass
+        raise Fail(
+            "with p = 0 (and BatchNorm in eval mode) the MC prediction differs from the eval-mode prediction: "
+            "row i must be the mean over the T passes of example i (after `x.repeat(T, 1)`, reshape "
+            "(T*N, C) -> (T, N, C) and average over dim 0; `repeat_interleave` needs (N, T, C))"
+        )
 
 
 def _mc_running_stats(ctx: CheckContext) -> None:
@@ -375,6 +404,7 @@ def _mc_samples(n: int, p: float, seed: int):
         net = probe_net(p, seed, batchnorm=True)
         x, _ = _data(n, seed + 1)
         eval_probs = torch.softmax(net(x), 1).detach()
+        _mc_rows_are_examples(ctx, n, seed)
         first, second = _mc(ctx, net, x, 30), _mc(ctx, net, x, 30)
         if torch.allclose(first, eval_probs, atol=1e-9):
             raise Fail(
@@ -477,7 +507,7 @@ def _fresh_each_call(shape, p: float):
 def _drop_rate_and_scale(shape, p: float):
     def test(ctx: CheckContext) -> None:
         module = _module(ctx, p)
-        x = torch.ones(shape)
+        x = 0.5 + torch.rand(shape, generator=torch.Generator().manual_seed(1))  # no zero, all different
         out = ctx.call(module, x)
         if torch.equal(out[0] == 0, out[1] == 0):
             raise Fail("the first two samples share one mask: draw one value per element")
@@ -493,10 +523,15 @@ def _drop_rate_and_scale(shape, p: float):
             raise Fail(
                 f"drops a fraction {dropped:.3f} of the units, expected p = {p} (within {tolerance:.3f})"
             )
-        kept = out[out != 0]
+        kept = out[out != 0] / x[out != 0]
         if kept.numel() and not torch.allclose(kept, torch.full_like(kept, 1 / (1 - p)), rtol=1e-5):
+            if torch.allclose(out[out != 0], torch.full_like(kept, 1 / (1 - p)), rtol=1e-5):
+                raise Fail(
+                    "the kept units are all 1/(1-p), whatever the input: the output is the scaled mask itself; "
+                    "return x * mask / (1 - p)"
+                )
             raise Fail(
-                f"kept units are scaled to {kept.unique()[:3].tolist()}, expected 1/(1-p) = {1 / (1 - p):.4g}"
+                f"kept units are scaled by {kept.unique()[:3].tolist()}, expected 1/(1-p) = {1 / (1 - p):.4g}"
             )
 
     return test
