@@ -315,9 +315,8 @@ def _mc_batch_independent(n: int, seed: int):
 
 def _mc_rows_are_examples(ctx: CheckContext, n: int, seed: int) -> None:
     got, want, bn_modes = _p0_prediction(ctx, n, seed)
-    if (
-        bn_modes and not any(bn_modes) and not torch.allclose(got, want, atol=1e-6)
-    ):  # else: BatchNorm, or no pass
+    # BatchNorm in train mode is its own property's; a model never run is named by the checks below
+    if bn_modes and not any(bn_modes) and not torch.allclose(got, want, atol=1e-6):
         raise Fail(
             "with p = 0 (and BatchNorm in eval mode) the MC prediction differs from the eval-mode prediction: "
             "row i must be the mean over the T passes of example i (after `x.repeat(T, 1)`, reshape "
