@@ -35,6 +35,8 @@ __all__ = [
     "parse_published",
     "published_from_notebook",
     "render_published_table",
+    "TIMING_NOTE",
+    "comparable",
 ]
 
 PREFIX = "CLAIM:"
@@ -44,6 +46,9 @@ START = "<!-- claims:start -->"
 END = "<!-- claims:end -->"
 PUBLISHED_START = "<!-- published:start -->"
 PUBLISHED_END = "<!-- published:end -->"
+# Appended to the measured text of a claim whose numbers are timings: they change from run to run and machine to
+# machine, so `claims_table.py --check` compares those rows without their numbers (see `comparable`).
+TIMING_NOTE = "(timings: vary by machine and load)"
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _LINE = re.compile(r"^CLAIM:\s*(?P<id>[^|]*?)\s*\|\s*(?P<claim>[^|]*?)\s*\|\s*(?P<measured>[^|]*?)\s*$")
 
@@ -73,7 +78,7 @@ def _check_text(value, name: str) -> str:
     return text
 
 
-def report_claim(claim_id: str, claim: str, measured: str) -> str:
+def report_claim(claim_id: str, claim: str, measured: str, timing: bool = False) -> str:
     """Print and return the line ``CLAIM: <claim_id> | <claim> | <measured>`` for the README's table.
 
     Call it right after the ``assert`` that checks the claim, in the same cell, so the line exists only
@@ -84,6 +89,7 @@ def report_claim(claim_id: str, claim: str, measured: str) -> str:
             (e.g. ``"gap-narrows"``).
         claim: the claim in words, as the text states it (one line, no ``|``).
         measured: what was measured, with numbers and spread (e.g. ``"gap 0.21 -> 0.05 (mean of 5 seeds)"``).
+        timing: the numbers in ``measured`` are timings (:data:`TIMING_NOTE` is appended).
 
     Examples:
         >>> line = report_claim("gap-narrows", "dropout narrows the train/val gap", "0.21 -> 0.05 (5 seeds)")
@@ -93,7 +99,8 @@ def report_claim(claim_id: str, claim: str, measured: str) -> str:
         raise ValueError(
             f"claim_id must be lowercase letters, digits, '.', '_' or '-' (e.g. 'gap-narrows'), got {claim_id!r}"
         )
-    line = Claim(claim_id, _check_text(claim, "claim"), _check_text(measured, "measured")).line
+    measured = _check_text(measured, "measured") + (f" {TIMING_NOTE}" if timing else "")
+    line = Claim(claim_id, _check_text(claim, "claim"), measured).line
     print(line, flush=True)
     return line
 
@@ -225,7 +232,9 @@ class PublishedResult:
         )
 
 
-def report_published(result_id: str, source: str, result: str, status: str, measured: str) -> str:
+def report_published(
+    result_id: str, source: str, result: str, status: str, measured: str, timing: bool = False
+) -> str:
     """Print and return ``PUBLISHED: <id> | <source> | <result> | <status> | <measured>``.
 
     Call it after the cell that measured the result (and asserted what holds), whatever the outcome:
@@ -238,6 +247,7 @@ def report_published(result_id: str, source: str, result: str, status: str, meas
         result: what the paper reports, in one line.
         status: ``"reproduced"``, ``"partly reproduced"`` or ``"not reproduced"`` (at this scale).
         measured: what this notebook measured, with numbers and spread.
+        timing: the numbers in ``measured`` (and so the status) are timings (:data:`TIMING_NOTE` is appended).
 
     Examples:
         >>> _ = report_published("fig10", "Srivastava et al. 2014, Fig. 10", "gain peaks at medium sizes",
@@ -255,7 +265,7 @@ def report_published(result_id: str, source: str, result: str, status: str, meas
         _check_text(source, "source"),
         _check_text(result, "result"),
         status,
-        _check_text(measured, "measured"),
+        _check_text(measured, "measured") + (f" {TIMING_NOTE}" if timing else ""),
     )
     print(entry.line, flush=True)
     return entry.line
@@ -302,3 +312,26 @@ def render_published_table(
         link = _link(r.notebook, titles, folder)
         rows.append(f"| {_cell(r.source)} | {_cell(r.result)} | {r.status} | {_cell(r.measured)} | {link} |")
     return "\n".join(rows)
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_STATUS = re.compile("|".join(sorted(map(re.escape, PUBLISHED_STATUSES), key=len, reverse=True)))
+
+
+def comparable(text: str) -> str:
+    """``text`` with the numbers and statuses of every line that holds :data:`TIMING_NOTE` masked.
+
+    Two generated tables that differ only in timings compare equal.
+
+    Examples:
+        >>> a = f"| stochastic depth | 0.81 of a step | reproduced {TIMING_NOTE} |"
+        >>> b = f"| stochastic depth | 0.86 of a step | partly reproduced {TIMING_NOTE} |"
+        >>> comparable(a) == comparable(b), comparable("gap 0.21") == comparable("gap 0.25")
+        (True, False)
+    """
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if TIMING_NOTE in line:
+            line = _STATUS.sub("<status>", _NUMBER.sub("#", line.replace(TIMING_NOTE, "")))
+        lines.append(line)
+    return "".join(lines)

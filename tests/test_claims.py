@@ -13,9 +13,11 @@ from dropout_course.claims import (
     PUBLISHED_END,
     PUBLISHED_START,
     START,
+    TIMING_NOTE,
     Claim,
     PublishedResult,
     claims_from_notebook,
+    comparable,
     parse_claims,
     parse_published,
     published_from_notebook,
@@ -216,3 +218,17 @@ def test_script_end_to_end(tmp_path):
     failed = subprocess.run([*script, str(bad)], capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1 and "98_bad.ipynb" in failed.stderr and "gap 0.5" in failed.stderr
     assert readme.read_text() == text
+
+
+def test_timing_rows_are_compared_without_their_numbers_and_status(capsys):
+    """A rebuild on another machine must not rewrite the README for timings alone; any other change must."""
+    fast = report_claim("speed", "skipping blocks is cheaper", "0.81 of a step", timing=True)
+    slow = report_claim("speed", "skipping blocks is cheaper", "0.88 of a step", timing=True)
+    assert fast.endswith(TIMING_NOTE) and comparable(fast) == comparable(slow) and fast != slow
+    row = report_published("sd", "Huang 2016", "25% faster", "reproduced", "19% saved", timing=True)
+    other = report_published("sd", "Huang 2016", "25% faster", "partly reproduced", "12% saved", timing=True)
+    assert comparable(row) == comparable(other)
+    plain = report_claim("gap", "dropout narrows the gap", "gap 0.21 -> 0.05")
+    assert comparable(plain) == plain != report_claim("gap", "dropout narrows the gap", "gap 0.21 -> 0.06")
+    assert comparable(plain) != comparable(report_claim("gap", "dropout narrows the gap", "gap 0.21 -> 0.06"))
+    assert comparable(fast) != comparable(fast.replace("cheaper", "dearer"))  # the words still count
