@@ -70,6 +70,19 @@ def _data_checks() -> list[tuple[str, Callable[[], str]]]:
     ]
 
 
+def _instructor_tools(out) -> None:
+    """One line on nbgrader, which only instructors need (``release``, ``grade``): never a problem for learners."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .instructor.release import INSTALL_HINT
+
+    try:
+        detail = f"{version('nbgrader')} (for `dropout-course release` and `grade`)"
+    except PackageNotFoundError:
+        detail = f"not installed; only instructors need it: {INSTALL_HINT}"
+    print(f"  [ok] nbgrader: {detail}", file=out)
+
+
 def doctor(out=None) -> int:
     """Print versions, threads, device and whether each offline data set loads; return an exit code."""
     out = out or sys.stdout
@@ -93,6 +106,7 @@ def doctor(out=None) -> int:
                 f"cannot import ({exc.__class__.__name__}: {exc}); run `make test` or "
                 "`pip install -e .[dev]` to install the course's pinned packages",
             )
+    _instructor_tools(out)
     if any(p.startswith("torch:") for p in problems):
         print(f"\n{len(problems)} problem(s); torch is required for everything else.", file=out)
         return 1

@@ -46,3 +46,22 @@ def test_grade_rejects_bad_options_before_grading(tmp_path, capsys):
     assert cli.main(["grade", str(sub), "--out", str(out), "--jobs", "0"]) == 2
     assert cli.main(["grade", str(sub), "--out", str(out), "--call-timeout", "0"]) == 2
     assert "--jobs must be >= 1" in capsys.readouterr().out and not out.exists()
+
+
+def test_doctor_reports_nbgrader_as_instructor_only(monkeypatch):
+    from importlib import metadata
+
+    out = io.StringIO()
+    cli.doctor(out)
+    assert "[ok] nbgrader: 0.9.6 (for `dropout-course release` and `grade`)" in out.getvalue()
+    real_version = metadata.version
+
+    def no_nbgrader(name):
+        if name == "nbgrader":
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(metadata, "version", no_nbgrader)
+    out = io.StringIO()
+    assert cli.doctor(out) == 0  # learners do not need it
+    assert "nbgrader: not installed; only instructors need it: pip install" in out.getvalue()
