@@ -299,7 +299,7 @@ def _penalty_value(problems):
 def _returns_python_float(make_args):
     def test(ctx: CheckContext) -> None:
         got = ctx.call(ctx.candidate, *make_args())
-        if type(got) is not float:
+        if not isinstance(got, float):  # a NumPy float64 is a float too (as in ex06)
             raise Fail(
                 f"must return a Python float (use .item()), got {type(got).__name__}"
                 + (f" of shape {tuple(got.shape)}" if isinstance(got, torch.Tensor) else "")
