@@ -5,7 +5,9 @@ The candidate is ``f(q, k, v, p, training=True) -> (output, weights)`` with ``q 
 dropout and ``output = weights @ v``. On the test inputs every reference weight
 ``softmax(q k^T / sqrt(d))`` is far from 0, so a weight is dropped exactly when it is 0 and a kept weight's
 scale is its ratio to the reference; drop fractions are judged with the binomial spread, so any correct
-implementation passes whatever the order of its random calls.
+implementation passes whatever the order of its random calls. The weights are the units of an adapter to the
+shared properties of :mod:`.mask_properties`; this module adds what only attention has (plain softmax
+attention in eval mode, ``output = weights @ v``, no renormalised rows, gradients to q, k and v).
 """
 
 from __future__ import annotations

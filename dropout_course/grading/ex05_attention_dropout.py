@@ -3,7 +3,8 @@
 Checks: ``attention_with_dropout`` (``f(q, k, v, p, training=True) -> (output, weights)``, its properties are
 in :mod:`.attention_checks`), ``drop_path`` (``f(x, p, training=True)`` on ``(N, ...)``: one decision per
 sample), ``ResidualBlock`` (an ``nn.Module`` class ``ResidualBlock(branch, p)`` computing
-``x + drop_path(branch(x))``) and the hidden ``attention_with_dropout_hidden`` (4-d multi-head inputs, other
+``x + drop_path(branch(x))``; its adapter to :mod:`.mask_properties`, whose units are the samples'
+branches, is below) and the hidden ``attention_with_dropout_hidden`` (4-d multi-head inputs, other
 p values) and ``drop_path_hidden`` (a 2-d input, other p values).
 """
 
