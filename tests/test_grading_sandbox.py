@@ -78,6 +78,18 @@ def test_another_sandboxs_processes_are_not_counted():
 
 
 @needs_root
+def test_a_uid_is_handed_out_again_only_when_no_running_process_holds_it():
+    held, pid = run_cell(SLEEP)
+    uids = []
+    for _ in range(sandbox.UIDS_PER_JUDGE + 1):
+        box = sandbox.start()
+        uids.append(box.uid)
+        assert box.kill() == 0
+    assert held.uid not in uids and len(set(uids)) == sandbox.UIDS_PER_JUDGE - 1
+    assert held.kill() == 1
+
+
+@needs_root
 def test_a_stopped_judges_sandboxes_are_killed():
     box, pid = run_cell(DETACHED_SLEEP)
     sandbox.kill_judge_sandboxes(os.getpid())
@@ -87,7 +99,7 @@ def test_a_stopped_judges_sandboxes_are_killed():
 
 def test_judge_uid_ranges_are_disjoint_and_below_the_largest_uid():
     last = sandbox.judge_uids(sandbox.PID_LIMIT - 1)
-    assert last.stop <= 2**32 - 2
+    assert last.stop <= 2**31 - 1  # tools that read a uid as a signed 32-bit number still work
     assert sandbox.judge_uids(7).stop == sandbox.judge_uids(8).start
     with pytest.raises(ValueError, match=str(sandbox.PID_LIMIT)):
         sandbox.judge_uids(sandbox.PID_LIMIT)

@@ -29,8 +29,8 @@ import tempfile
 from dataclasses import dataclass
 
 SANDBOX_UID_BASE = 2_100_000_000
-UIDS_PER_JUDGE = 512  # a judge's range of sandbox uids (one per sandbox, used in turn)
-PID_LIMIT = 1 << 22  # the kernel's largest pid_max: every judge's range stays below uid 2**32 - 2
+UIDS_PER_JUDGE = 8  # a judge's range of sandbox uids (one per sandbox, used in turn)
+PID_LIMIT = 1 << 22  # the kernel's largest pid_max: every judge's range stays below uid 2**31 - 1
 DEFAULT_MEMORY_MB = 3072
 DEFAULT_CPU_SECONDS = 900
 KILL_ROUNDS = 20  # kill passes before a sandbox is given up as unkillable (one pass is enough as root)
@@ -60,15 +60,17 @@ _slots = itertools.count()
 
 
 def _fresh_uid() -> int:
-    """The next uid of this judge's range that no process holds (not even a zombie)."""
+    """The next uid of this judge's range that no running process holds (a zombie or a process being
+    killed is never counted, see :meth:`Sandbox.kill`, and runs no more code)."""
     uids = judge_uids(os.getpid())
-    held = {uid for proc in _processes() for uid in proc.uids if uid in uids}
+    held = {uid for proc in _processes() if not proc.dying for uid in proc.uids if uid in uids}
     for _ in range(len(uids)):
         uid = uids[next(_slots) % len(uids)]
         if uid not in held:
             return uid
     raise RuntimeError(
-        f"every sandbox uid of judge {os.getpid()} ({uids.start}..{uids.stop - 1}) is held by a process"
+        f"every sandbox uid of judge {os.getpid()} ({uids.start}..{uids.stop - 1}) is held by a running "
+        "process that could not be killed"
     )
 
 
