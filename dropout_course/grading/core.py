@@ -8,7 +8,7 @@ with a readable reason; grading never raises and never hangs.
 
 ``ctx.call(fn, *args)`` is how properties call learner code: arguments are deep-copied, the call has a
 time limit (``signal.setitimer`` in the main thread, a watchdog thread elsewhere), and torch's own
-dropout functions are spied on so that "use torch's dropout" can be diagnosed by name.
+dropout entry points are traced (:class:`~.detect.Trace`) so that "use torch's dropout" can be diagnosed by name.
 
 A check whose task is to write something the course or torch already has carries an
 :class:`~.detect.Originality`: calls of torch's dropout or of the course's reference code (runtime trace),
