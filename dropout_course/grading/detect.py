@@ -254,7 +254,8 @@ class Trace:
 
     @contextmanager
     def active(self):
-        """Trace the block (the current thread)."""
+        """Trace the block: the current thread, and (reference code only) the ``threading.Thread``s started
+        meanwhile; not threads started before, nor torch's dropout in another thread."""
         import threading
 
         from torch.nn.modules.module import register_module_forward_pre_hook
@@ -266,16 +267,18 @@ class Trace:
             if label and threading.get_ident() == thread:
                 self.torch_calls.append(label)
 
-        previous = sys.getprofile()
+        previous, previous_threads = sys.getprofile(), threading.getprofile()
         hook = register_module_forward_pre_hook(module_hook)
         if self.originality is not None:
             sys.setprofile(self._profiler(previous))
+            threading.setprofile(self._profiler(None))  # threads the learner's code starts meanwhile
         try:
             with _dropout_mode_class()(self):
                 yield
         finally:
             if self.originality is not None:
                 sys.setprofile(previous)
+                threading.setprofile(previous_threads)
             hook.remove()
 
     def _profiler(self, previous):

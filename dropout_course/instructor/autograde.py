@@ -192,7 +192,13 @@ class _Run:
             row["integrity"] = "; ".join(self.integrity(row))
             self.rows[path] = row
             if self.book is not None:
-                self.book.add(row)
+                try:
+                    self.book.add(row)
+                except OSError as exc:  # the run stops; the rows written before stay
+                    self.stopped = self.stopped or (
+                        f"cannot write the gradebook {self.book.path}: {exc.strerror or exc}; the rows "
+                        "written before are kept: fix it and rerun with --resume"
+                    )
             self.done += 1
             if self.progress is not None:
                 note = f" ({row['reason']})" if row.get("reason") else ""

@@ -10,11 +10,32 @@ from __future__ import annotations
 
 import csv
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 FIXED_COLUMNS = ["submission", "exercise", "total", "max_total", "status", "reason", "integrity"]
 STATUSES = ("graded", "incomplete", "error")
+
+
+def writable_by_others(folder: Path) -> str | None:
+    """The folder on the way to ``folder`` (itself included) that a sandbox user could use to replace the
+    gradebook, or None. Only when grading changes user: ``folder`` writable by others (a file or folder
+    could be put where the gradebook goes), or a folder above it writable by others without the sticky bit
+    (``folder`` itself could be renamed away). As the same user the sandbox can write it anyway."""
+    from .sandbox import changes_user
+
+    if not changes_user():
+        return None
+    folder = Path(os.path.realpath(folder))
+    for current in [folder, *folder.parents]:
+        try:
+            mode = current.stat().st_mode
+        except OSError:
+            continue
+        if mode & stat.S_IWOTH and (current == folder or not mode & stat.S_ISVTX):
+            return str(current)
+    return None
 
 
 def check_out_path(out: str | Path) -> str | None:
@@ -25,6 +46,12 @@ def check_out_path(out: str | Path) -> str | None:
         return f"--out {out} is a folder; give a file name, e.g. {out / 'grades.csv'}"
     if not folder.is_dir():
         return f"the folder of --out does not exist: {folder} (create it first)"
+    shared = writable_by_others(folder)
+    if shared:
+        return (
+            f"--out is in {shared}, which other users can change: a submission's code (run as a user of its "
+            "own) could replace or block the gradebook there; use a folder of mode 755 or 700"
+        )
     try:
         fd, probe = tempfile.mkstemp(prefix=".grades-", dir=folder)
         os.close(fd)

@@ -28,6 +28,8 @@ import signal
 import tempfile
 from dataclasses import dataclass
 
+from . import isolation
+
 SANDBOX_UID_BASE = 2_100_000_000
 UIDS_PER_JUDGE = 8  # a judge's range of sandbox uids (one per sandbox, used in turn)
 PID_LIMIT = 1 << 22  # the kernel's largest pid_max: every judge's range stays below uid 2**31 - 1
@@ -124,6 +126,9 @@ class Sandbox:
             except OSError:
                 pass
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self.uid is not None:
+            isolation.remove_scratch_files(self.uid)
+            isolation.remove_cgroups(self.uid)
         return len(left)
 
 
@@ -321,6 +326,9 @@ def _child(req_r: int, rep_w: int, folder: str, uid: int | None, memory_mb: int,
     """Runs in the forked child: isolate, limit, drop privileges, then serve (never returns)."""
     try:
         os.setsid()
+        if uid is not None:
+            isolation.join_cgroups(uid, memory_mb)  # before /proc and /sys become read-only
+            folder = isolation.private_file_systems(uid) or folder
         _only_fds({req_r, rep_w})
         for sig in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)

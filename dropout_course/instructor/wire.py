@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_REPLY_BYTES = 256 * 1024 * 1024
+MAX_REPLY_ITEMS = 1_000_000  # values a reply may hold, each counted every time it is reached
+MAX_REPLY_DEPTH = 200  # nesting of a reply (the worker's honest encoding stays far below)
 _HEADER = struct.Struct("!Q")
 NUMERIC_KINDS = "biufc"
 # Objects the judge may use as its own when the worker names them: the course's code (not its grading or
@@ -137,9 +139,56 @@ def load_reply(data: bytes):
     import torch
 
     try:
-        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        reply = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - anything malformed is a closed channel
         raise ChannelClosed(f"malformed reply: {type(exc).__name__}: {str(exc)[:200]}") from None
+    check_plain(reply)
+    return reply
+
+
+def _tensor_problem(t) -> str | None:
+    """Why tensor ``t`` is not one the worker's honest encoding makes (None if it is)."""
+    import torch
+
+    if type(t) is not torch.Tensor:
+        return f"a tensor of class {type(t).__name__}"
+    if t.layout != torch.strided or t.device.type != "cpu" or t.is_quantized or t.requires_grad:
+        return f"a {t.layout} tensor on {t.device} (quantized: {t.is_quantized}, requires_grad: {t.requires_grad})"
+    if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+        return f"a tensor of {t.numel()} elements viewing a storage of {t.untyped_storage().nbytes()} bytes"
+    return None
+
+
+def check_plain(reply) -> None:
+    """Raise ChannelClosed unless ``reply`` is plain data of a bounded size: at most MAX_REPLY_ITEMS values
+    (shared ones counted every time they are reached, so a small reply cannot expand into billions of
+    items when decoded), nested at most MAX_REPLY_DEPTH deep, dict keys that are plain scalars, and tensors
+    that are ordinary dense CPU tensors no larger than their storage (no views with zero strides, no meta,
+    sparse, quantized or gradient-requiring tensors, no subclasses)."""
+    import torch
+
+    todo = [(reply, 0)]
+    count = 0
+    while todo:
+        item, depth = todo.pop()
+        count += 1
+        if count > MAX_REPLY_ITEMS or depth > MAX_REPLY_DEPTH:
+            raise ChannelClosed(
+                f"a reply of more than {MAX_REPLY_ITEMS} values or nested more than {MAX_REPLY_DEPTH} deep"
+            )
+        if isinstance(item, torch.Tensor):
+            problem = _tensor_problem(item)
+            if problem:
+                raise ChannelClosed(f"a reply holding {problem}")
+        elif isinstance(item, (list, tuple)):
+            todo.extend((v, depth + 1) for v in item)
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if not isinstance(key, (type(None), bool, int, float, str)):
+                    raise ChannelClosed(f"a reply holding a dict key of type {type(key).__name__}")
+                todo.append((value, depth + 1))
+        elif not isinstance(item, (type(None), bool, int, float, str, bytes)):
+            raise ChannelClosed(f"a reply holding a {type(item).__name__}")
 
 
 # --------------------------------------------------------------------------- values
@@ -160,12 +209,38 @@ def encode_numpy_scalar(v: np.generic) -> dict:
     return {"$": "np", "dtype": v.dtype.str, "data": _bytes_tensor(np.asarray(v).tobytes())}
 
 
-def _array_from(item: dict) -> np.ndarray:
-    dtype = np.dtype(str(item["dtype"]))
-    if dtype.kind not in NUMERIC_KINDS:
+def _numeric_dtype(name) -> np.dtype:
+    try:
+        dtype = np.dtype(str(name))
+    except (TypeError, ValueError):
+        raise ChannelClosed(f"unknown NumPy dtype {str(name)[:40]!r}") from None
+    if dtype.kind not in NUMERIC_KINDS or dtype.itemsize == 0:
         raise ChannelClosed(f"array of dtype {dtype} is not allowed")
+    return dtype
+
+
+def _array_from(item: dict) -> np.ndarray:
+    dtype = _numeric_dtype(item["dtype"])
     raw = item["data"].numpy().tobytes()
-    return np.frombuffer(raw, dtype=dtype).reshape([int(s) for s in item["shape"]]).copy()
+    try:
+        return np.frombuffer(raw, dtype=dtype).reshape([int(s) for s in item["shape"]]).copy()
+    except (TypeError, ValueError) as exc:
+        raise ChannelClosed(f"malformed array: {str(exc)[:120]}") from None
+
+
+def _scalar_from(item: dict):
+    raw = item["data"].numpy().tobytes()
+    dtype = _numeric_dtype(item["dtype"])
+    if len(raw) != dtype.itemsize:
+        raise ChannelClosed(f"a NumPy scalar of {len(raw)} bytes for dtype {dtype}")
+    return np.frombuffer(raw, dtype=dtype)[0]
+
+
+def _dict_from(item: dict, make_handle) -> dict:
+    keys = [decode_value(k, make_handle) for k, _ in item["items"]]
+    if not all(isinstance(k, (type(None), bool, int, float, str)) for k in keys):
+        raise ChannelClosed("a dict whose keys are not plain scalars")
+    return {k: decode_value(v, make_handle) for k, (_, v) in zip(keys, item["items"], strict=True)}
 
 
 def decode_value(item, make_handle):
@@ -183,16 +258,13 @@ def decode_value(item, make_handle):
         if tag == "nd":
             return _array_from(item)
         if tag == "np":
-            dtype = np.dtype(str(item["dtype"]))
-            if dtype.kind not in NUMERIC_KINDS:
-                raise ChannelClosed(f"scalar of dtype {dtype} is not allowed")
-            return np.frombuffer(item["data"].numpy().tobytes(), dtype=dtype)[0]
+            return _scalar_from(item)
         if tag == "tuple":
             return tuple(decode_value(v, make_handle) for v in item["items"])
         if tag == "list":
             return [decode_value(v, make_handle) for v in item["items"]]
         if tag == "dict":
-            return {decode_value(k, make_handle): decode_value(v, make_handle) for k, v in item["items"]}
+            return _dict_from(item, make_handle)
         if tag == "handle":
             return make_handle(item)
         if tag == "complex":

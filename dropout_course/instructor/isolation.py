@@ -1,0 +1,156 @@
+"""What the sandbox of a submission may use of the machine, beyond its user's rights (as root only).
+
+* :func:`private_file_systems`: in the sandbox's child, a mount namespace where every file system is
+  read-only except fresh, size-limited scratch folders (``/tmp``, ``/var/tmp``, ``/dev/shm``), and a
+  network namespace with no interface up;
+* :func:`join_cgroups`: the sandbox's processes together get at most one CPU, an equal share of the CPU
+  with every other sandbox (however many processes it starts) and ``memory_mb`` of memory in all;
+* :func:`remove_scratch_files` / :func:`remove_cgroups`: what a sandbox leaves on the machine is removed
+  when it ends.
+
+Each needs privileges a container may not grant (``CAP_SYS_ADMIN``, a writable cgroup file system); where the
+kernel refuses, the sandbox runs without it and the README says what is then not protected. The worker's
+process is also the first the kernel's out-of-memory killer picks (``oom_score_adj``), before any judge.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_RELATIME = 1 << 21
+_MOUNT_OPTIONS = {
+    "nosuid": MS_NOSUID,
+    "nodev": MS_NODEV,
+    "noexec": MS_NOEXEC,
+    "noatime": MS_NOATIME,
+    "nodiratime": MS_NODIRATIME,
+    "relatime": MS_RELATIME,
+}
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable folders: private and emptied per sandbox
+SCRATCH_MB = 256  # size of each private scratch folder (memory-backed)
+
+
+def _mount_points() -> list[tuple[str, int]]:
+    """(mount point, flags to keep when remounting it) of every mount this process sees."""
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) < 6:
+                continue
+            path = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            flags = sum(_MOUNT_OPTIONS.get(option, 0) for option in fields[5].split(","))
+            points.append((path, flags))
+    return points
+
+
+def private_file_systems(uid: int) -> str | None:
+    """As root, in the child: a mount namespace where every file system is read-only except fresh,
+    size-limited, memory-backed ``SCRATCH_DIRS``, and a network namespace with no interface up. Returns
+    the private folder made there (owned by ``uid``), or None if the kernel refuses (no CAP_SYS_ADMIN,
+    as in a default Docker container): the sandbox then has only its user's rights (see the README)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
+        return None
+    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        os._exit(73)  # a namespace that would propagate mounts to the machine: do not run learner code
+    for path, flags in _mount_points():
+        libc.mount(None, os.fsencode(path), None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, None)
+    for path in SCRATCH_DIRS:
+        if os.path.isdir(path):
+            options = f"size={SCRATCH_MB}m,mode=1777".encode()
+            if libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
+                os._exit(74)
+    folder = os.path.join(SCRATCH_DIRS[0], "sandbox")
+    os.mkdir(folder, 0o700)
+    os.chown(folder, uid, uid)
+    return folder
+
+
+def remove_scratch_files(uid: int) -> None:
+    """Delete what ``uid`` left at the top of the machine's ``SCRATCH_DIRS`` (a sandbox without a private
+    mount namespace writes there; it must not fill them or leave files for the next learner)."""
+    for scratch in SCRATCH_DIRS:
+        try:
+            entries = list(os.scandir(scratch))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                continue
+
+
+CGROUP_V1 = "/sys/fs/cgroup"  # cgroup v1: one hierarchy per controller, e.g. /sys/fs/cgroup/cpu
+CPU_PERIOD_US = 100_000
+
+
+def _cgroup_dirs(uid: int) -> dict[str, str]:
+    """The sandbox's cgroup folder per controller ("cpu", "memory", or "unified" for cgroup v2)."""
+    name = f"dropout-course-sandbox-{uid}"
+    if os.path.exists(os.path.join(CGROUP_V1, "cgroup.controllers")):
+        return {"unified": os.path.join(CGROUP_V1, name)}
+    return {c: os.path.join(CGROUP_V1, c, name) for c in ("cpu", "memory")}
+
+
+def _write(folder: str, name: str, value: str) -> bool:
+    try:
+        with open(os.path.join(folder, name), "w") as fh:
+            fh.write(value)
+        return True
+    except OSError:
+        return False
+
+
+def join_cgroups(uid: int, memory_mb: int) -> list[str]:
+    """In the child, as root: move this process into cgroups of the sandbox ``uid`` (made if missing) that
+    limit all its processes together to one CPU and ``memory_mb``; returns the controllers joined."""
+    _write("/proc/self", "oom_score_adj", "1000")
+    joined = []
+    limits = {
+        "cpu": [("cpu.cfs_period_us", str(CPU_PERIOD_US)), ("cpu.cfs_quota_us", str(CPU_PERIOD_US))],
+        "memory": [("memory.limit_in_bytes", str(memory_mb << 20))],
+        "unified": [("cpu.max", f"{CPU_PERIOD_US} {CPU_PERIOD_US}"), ("memory.max", str(memory_mb << 20))],
+    }
+    for controller, folder in _cgroup_dirs(uid).items():
+        if controller == "unified":  # cgroup v2: the controllers must be enabled for the children
+            _write(os.path.dirname(folder), "cgroup.subtree_control", "+cpu +memory")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError:
+            continue
+        if all(_write(folder, key, value) for key, value in limits[controller]) and _write(
+            folder, "cgroup.procs", str(os.getpid())
+        ):
+            joined.append(controller)
+    return joined
+
+
+def remove_cgroups(uid: int) -> None:
+    """Remove the sandbox's cgroups (once its processes are dead; one still in use is left as it is)."""
+    for folder in _cgroup_dirs(uid).values():
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass

@@ -1,0 +1,297 @@
+"""`dropout-course grade` against attacks beyond issue 14's (tests/test_grading_autograde.py has those).
+
+Each attack is an ex01 submission built like the ones of test_grading_autograde.py (the source with
+honest solutions, one solution cell replaced by the attack); all are graded in ONE `grade` run. They aim at
+the judge (a forged reply that expands into 10**12 items when decoded, tensors that are views of 4 bytes
+or live on no device), at the machine (files left in /tmp, /var/tmp and /dev/shm) and at the originality
+checks (the course's reference called from a thread). Unit tests cover the decoder's bounds, the
+sandbox's isolation (read-only file systems, no network, cgroups), a gradebook folder that others can
+write, and a gradebook that cannot be written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from test_grading_autograde import FULL, notebook
+
+from dropout_course import cli
+from dropout_course.instructor import isolation, sandbox, wire
+from dropout_course.instructor.autograde import _Run
+from dropout_course.instructor.gradebook import Gradebook
+from dropout_course.instructor.proxy import Client
+
+AS_ROOT = sandbox.changes_user()
+needs_root = pytest.mark.skipif(not AS_ROOT, reason="the sandbox is isolated only when grading runs as root")
+MARKER = "dropout_course_attack_marker"
+
+# The worker's reply to the next call is replaced (the learner's code runs in the worker and can reach
+# anything there): `value` is what the judge gets back.
+FORGE = """
+import sys, torch
+_wire = sys.modules["dropout_course.instructor." + "wire"]
+_dump = _wire.dump_reply
+def _forge(value):
+    _wire.dump_reply = lambda obj: _dump(
+        {"ok": True, "value": value, "mutated": [], "calls": [], "findings": [], "events": []}
+    )
+"""
+ATTACKS = {
+    # 3 KB of pickle (shared lists) that the decoder would expand into 10**12 items
+    "forged_dag_reply": FORGE
+    + """
+_bomb = [1.0] * 1000
+for _ in range(3):
+    _bomb = [_bomb] * 1000
+def dropout_forward(x, p, training=True):
+    _forge({"$": "list", "items": _bomb})
+    return x
+""",
+    # tensors the worker's honest encoding never makes: a 4-byte storage seen as 4e9 elements, a tensor on
+    # the meta device, a sparse one, a Parameter that requires gradients
+    "forged_tensor_replies": FORGE
+    + """
+_bad = [torch.zeros(1).expand(4 * 10**9), torch.empty(4 * 10**9, device="meta"), torch.eye(3).to_sparse(),
+        torch.nn.Parameter(torch.ones(3))]
+_calls = [0]
+def dropout_forward(x, p, training=True):
+    _calls[0] += 1
+    _forge(_bad[_calls[0] % len(_bad)])
+    return x
+""",
+    # the course's reference, called in a thread of the learner's (the trace followed only the caller)
+    "reference_in_a_thread": """
+import sys, threading
+def dropout_forward(x, p, training=True):
+    if not 0 <= p <= 1:
+        raise ValueError("p must lie in [0, 1] (the learner's own words)")
+    box = {}
+    def run():
+        box["out"] = sys.modules["dropout_course.layers"].dropout(x, p, training)
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return box["out"]
+""",
+}
+# files in the machine's world-writable folders (they outlived grading and could fill them)
+SCRATCH = f"""
+import os
+for folder in ("/tmp", "/var/tmp", "/dev/shm"):
+    for i in range(3):
+        try:
+            with open(os.path.join(folder, "{MARKER}_%d_%d" % (os.getuid(), i)), "wb") as fh:
+                fh.write(b"x" * (8 << 20))
+        except OSError:
+            pass
+"""
+
+
+def _scratch_files() -> list[str]:
+    return [
+        f"{d}/{n}" for d in isolation.SCRATCH_DIRS if os.path.isdir(d) for n in os.listdir(d) if MARKER in n
+    ]
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    d = tmp_path_factory.mktemp("attacks")
+    out = tmp_path_factory.mktemp("attack_gradebook") / "grades.csv"
+    paths = []
+    for name, code in ATTACKS.items():
+        paths.append(d / f"{name}.ipynb")
+        nbformat.write(notebook("all", replace={"dropout_forward_solution": code}), paths[-1])
+    scratch = notebook("all")
+    scratch.cells.insert(3, nbformat.v4.new_code_cell(SCRATCH))
+    paths.append(d / "scratch_files.ipynb")
+    nbformat.write(scratch, paths[-1])
+    started = time.monotonic()
+    args = [
+        "grade",
+        *map(str, paths),
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
+        "--timeout",
+        "8",
+        "--call-timeout",
+        "2",
+    ]
+    code = cli.main(args)
+    seconds = time.monotonic() - started
+    with open(out, newline="") as fh:
+        rows = {Path(r["submission"]).stem: r for r in csv.DictReader(fh)}
+    return {"code": code, "rows": rows, "seconds": seconds, "left": _scratch_files()}
+
+
+def test_forged_replies_fail_the_calls_that_get_them_and_nothing_else(graded):
+    assert graded["code"] == 0 and graded["seconds"] < 150, graded["seconds"]
+    for name in ("forged_dag_reply", "forged_tensor_replies"):
+        row = graded["rows"][name]
+        assert row["status"] == "graded", row
+        assert float(row["dropout_forward"]) == 0 and float(row["dropout_forward_hidden"]) == 0, row
+        assert float(row["dropout_forward_numpy"]) == 6 and float(row["dropout_backward_numpy"]) == 3, row
+
+
+def test_the_reference_called_from_a_thread_is_not_credited(graded):
+    row = graded["rows"]["reference_in_a_thread"]
+    assert float(row["dropout_forward"]) == 0 and float(row["dropout_forward_hidden"]) == 0, row
+    assert float(row["dropout_forward_numpy"]) == 6, row
+
+
+@needs_root
+def test_files_in_world_writable_folders_do_not_outlive_the_sandbox(graded):
+    row = graded["rows"]["scratch_files"]
+    assert float(row["total"]) == FULL and row["status"] == "graded", row
+    assert graded["left"] == []
+
+
+def _save(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _dag(width: int, levels: int):
+    value = [1.0] * width
+    for _ in range(levels):
+        value = [value] * width
+    return {"$": "list", "items": value}
+
+
+def _deep(depth: int):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "forged, why",
+    [
+        (_dag(1000, 3), "more than 1000000 values"),
+        (_deep(300), "nested more than 200 deep"),
+        (torch.zeros(1).expand(10**9), "viewing a storage of 4 bytes"),
+        (torch.empty(10**9, device="meta"), "on meta"),
+        (torch.eye(3).to_sparse(), "sparse_coo"),
+        (torch.nn.Parameter(torch.ones(3)), "of class Parameter"),
+        ({(1, 2): 3}, "dict key of type tuple"),
+    ],
+    ids=["dag", "deep", "stride0", "meta", "sparse", "parameter", "tuple_key"],
+)
+def test_the_decoder_refuses_replies_the_worker_never_makes(forged, why):
+    started = time.monotonic()
+    with pytest.raises(wire.ChannelClosed, match=why):
+        wire.load_reply(_save({"ok": True, "value": forged}))
+    assert time.monotonic() - started < 10
+
+
+def test_the_decoder_refuses_dict_keys_that_decode_to_containers():
+    with pytest.raises(wire.ChannelClosed, match="keys are not plain scalars"):
+        wire.decode_value({"$": "dict", "items": [[{"$": "list", "items": [1]}, 2]]}, lambda d: d)
+
+
+def test_an_honest_reply_is_decoded():
+    reply = {"ok": True, "value": {"$": "tuple", "items": [torch.ones(2, 3).t().contiguous(), 2.5, "s"]}}
+    decoded = wire.decode_value(wire.load_reply(_save(reply))["value"], lambda d: d)
+    assert torch.equal(decoded[0], torch.ones(3, 2)) and decoded[1:] == (2.5, "s")
+
+
+def _namespaces_refused() -> bool:
+    """Whether the kernel refuses the sandbox its private mount and network namespaces (e.g. a container
+    without CAP_SYS_ADMIN): the isolation tests that need them are skipped."""
+    pid = os.fork()
+    if pid == 0:
+        import ctypes
+
+        os._exit(0 if ctypes.CDLL(None).unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWNET) == 0 else 1)
+    return os.waitpid(pid, 0)[1] != 0
+
+
+PROBE = """
+import os, socket
+def _try_write(folder):
+    try:
+        with open(os.path.join(folder, "probe"), "w") as fh:
+            fh.write("x")
+        return True
+    except OSError:
+        return False
+def _connects():
+    try:
+        socket.create_connection(("127.0.0.1", 22), timeout=1).close()
+        return True
+    except OSError:
+        return False
+"""
+
+
+@needs_root
+def test_the_sandbox_writes_only_its_scratch_folders_and_has_no_network():
+    if _namespaces_refused():
+        pytest.skip("the kernel refuses mount and network namespaces here")
+    from dropout_course.instructor.release import repo_root
+
+    client = Client(sandbox.start())
+    try:
+        assert client.request("exec", 0, PROBE)["ok"]
+        names = {
+            "cwd": "_try_write(os.getcwd())",
+            "tmp": "_try_write('/tmp')",
+            "repo": f"_try_write({str(repo_root())!r})",
+            "net": "_connects()",
+        }
+        items = client.request("snapshot", names)["items"]
+    finally:
+        client.lose("done")
+    got = {key: item["value"] for key, item in items.items()}
+    assert got == {"cwd": True, "tmp": True, "repo": False, "net": False}
+
+
+@needs_root
+def test_a_sandbox_is_first_for_the_oom_killer_and_in_its_own_cgroups():
+    client = Client(sandbox.start())
+    try:
+        items = client.request(
+            "snapshot",
+            {"oom": "open('/proc/self/oom_score_adj').read()", "cg": "open('/proc/self/cgroup').read()"},
+        )["items"]
+    finally:
+        client.lose("done")
+    assert items["oom"]["value"].strip() == "1000"
+    uid = client.sandbox.uid
+    joined = f"dropout-course-sandbox-{uid}" in items["cg"]["value"]
+    writable = os.access(os.path.dirname(next(iter(isolation._cgroup_dirs(uid).values()))), os.W_OK)
+    assert joined or not writable  # where cgroups can be made, the sandbox is in its own
+    assert not any(os.path.exists(p) for p in isolation._cgroup_dirs(uid).values())  # removed at the end
+
+
+@needs_root
+def test_a_gradebook_folder_that_others_can_write_is_refused(tmp_path, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    sub = tmp_path / "a.ipynb"
+    nbformat.write(notebook(), sub)
+    assert cli.main(["grade", str(sub), "--out", str(shared / "grades.csv")]) == 2
+    assert "which other users can change" in capsys.readouterr().out
+
+
+def test_a_gradebook_that_cannot_be_written_stops_the_run_with_a_reason(tmp_path):
+    book = Gradebook(tmp_path / "grades.csv")
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    book.write = full_disk
+    run = _Run({"a": b"{}"}, ["a"], book, {"timeout": 1}, None)
+    run.record("a", {"submission": "a", "total": 1.0, "status": "graded"})
+    assert "cannot write the gradebook" in run.stopped and "No space left on device" in run.stopped
