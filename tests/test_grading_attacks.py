@@ -292,6 +292,8 @@ def test_a_gradebook_that_cannot_be_written_stops_the_run_with_a_reason(tmp_path
         raise OSError(28, "No space left on device")
 
     book.write = full_disk
-    run = _Run({"a": b"{}"}, ["a"], book, {"timeout": 1}, None)
-    run.record("a", {"submission": "a", "total": 1.0, "status": "graded"})
+    sub = tmp_path / "a.ipynb"
+    sub.write_bytes(b"{}")
+    run = _Run({str(sub): b"{}"}, [str(sub)], book, {"timeout": 1}, None)
+    run.record(str(sub), {"submission": str(sub), "total": 1.0, "status": "graded"})
     assert "cannot write the gradebook" in run.stopped and "No space left on device" in run.stopped

@@ -9,13 +9,17 @@ The child, before any learner code runs:
 * works in a private temporary folder (``HOME``, ``TMPDIR`` and the working directory);
 * when the judge runs as root, drops to a uid/gid of its own (no supplementary groups), so it cannot
   write the course package, the submissions, the gradebook's folder or the judge's files, nor signal
-  the judge. As another user it has only those limits: see the README's grading section.
+  the judge; before that, where the kernel allows it (:mod:`.isolation`), every file system becomes
+  read-only but private scratch folders, the network is cut, and its processes together get one CPU, an
+  equal CPU share with the other sandboxes and ``memory_mb`` of memory. As another user it has only the
+  limits above: see the README's grading section.
 
 At the end the judge kills the worker alone and reaps it; whatever of the sandbox still runs then outlived
 it, so the learner's code left it behind (the integrity note counts these). Then every process of the
 sandbox is killed: as root everything holding its uid (detached or re-parented ones included), otherwise its
 session and process group. As root each sandbox has a uid of its own (a fresh one from its judge's range),
-so no process of another sandbox, earlier or at the same time, is ever counted or killed with it.
+so no process of another sandbox, earlier or at the same time, is ever counted or killed with it; the
+files it left in the machine's world-writable folders and its cgroups are removed.
 """
 
 from __future__ import annotations
