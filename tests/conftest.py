@@ -1,6 +1,6 @@
 """Shared fixtures and helpers for the test suite, and its set-up under pytest-xdist.
 
-Helpers for grader tests (use the fixtures, or import the functions: ``from conftest import ...``):
+Helpers for grader tests (use the fixtures, or import the functions: ``from grader_helpers import ...``):
 
 - ``fails_with`` / :func:`assert_fails_with`: a grader check failed, lost points, and its messages contain
   every given fragment.
@@ -18,20 +18,7 @@ from __future__ import annotations
 import os
 
 import pytest
-
-
-def assert_fails_with(result, *fragments: str) -> None:
-    """``result`` (a grader ``CheckResult``) failed, scored below its maximum and names every fragment."""
-    text = "\n".join(result.messages)
-    assert not result.passed, text
-    assert result.score < result.max_score, text
-    for fragment in fragments:
-        assert fragment in text, f"expected {fragment!r} in:\n{text}"
-
-
-def failed_diagnoses(result) -> dict[str, str]:
-    """Failing property name -> its diagnosis, for a grader ``CheckResult``."""
-    return {p.name: p.diagnosis for p in result.properties if not p.passed}
+from grader_helpers import assert_fails_with, failed_diagnoses
 
 
 @pytest.fixture

@@ -8,8 +8,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def pyproject_pins():
+    """The requirements `pip install -e '.[dev]'` installs: the dependencies and the dev extra, with the extras it
+    names of the course itself (``dropout-course[instructor]``) expanded."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    pins = list(project["dependencies"])
+    for requirement in extras["dev"]:
+        own = re.fullmatch(rf"{project['name']}\[([a-z,]+)\]", requirement)
+        pins += [pin for extra in own.group(1).split(",") for pin in extras[extra]] if own else [requirement]
+    return pins
 
 
 def test_every_dependency_is_pinned_exactly():

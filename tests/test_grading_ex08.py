@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import failed_diagnoses as failed
+from grader_helpers import failed_diagnoses as failed
 
 from dropout_course.grading import Grader
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import failed_diagnoses as failed
+from grader_helpers import failed_diagnoses as failed
 from torch import nn
 
 from dropout_course.grading import Grader
