@@ -112,6 +112,24 @@ def graded(tmp_path_factory):
     scratch.cells.insert(3, nbformat.v4.new_code_cell(SCRATCH))
     paths.append(d / "scratch_files.ipynb")
     nbformat.write(scratch, paths[-1])
+    # notebook JSON: nested past the JSON parser's recursion limit; metadata naming another exercise than
+    # the cells; a copy of a locked check cell (same grade id) placed before the solution it checks
+    deep = nbformat.writes(notebook()).replace(
+        '"cells": [', '"deep": ' + "[" * 100_000 + "]" * 100_000 + ', "cells": [', 1
+    )
+    paths.append(d / "deep_json.ipynb")
+    paths[-1].write_text(deep)
+    other = notebook()
+    other.metadata["dropout_course"] = {"exercise": "ex08_dropout_theory"}
+    paths.append(d / "names_another_exercise.ipynb")
+    nbformat.write(other, paths[-1])
+    repeated = notebook("all")
+    check = next(
+        c for c in repeated.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "check_dropout_forward"
+    )
+    repeated.cells.insert(0, nbformat.v4.new_code_cell(check.source, metadata=dict(check.metadata)))
+    paths.append(d / "repeated_grade_id.ipynb")
+    nbformat.write(repeated, paths[-1])
     started = time.monotonic()
     args = [
         "grade",
@@ -297,3 +315,19 @@ def test_a_gradebook_that_cannot_be_written_stops_the_run_with_a_reason(tmp_path
     run = _Run({str(sub): b"{}"}, [str(sub)], book, {"timeout": 1}, None)
     run.record(str(sub), {"submission": str(sub), "total": 1.0, "status": "graded"})
     assert "cannot write the gradebook" in run.stopped and "No space left on device" in run.stopped
+
+
+def test_notebook_json_tricks_get_clear_reasons(graded):
+    rows = graded["rows"]
+    deep = rows["deep_json"]
+    assert deep["status"] == "error" and "not valid JSON" in deep["reason"] and "recursion" in deep["reason"]
+    other = rows["names_another_exercise"]
+    assert other["exercise"] == "ex08_dropout_theory" and float(other["total"]) == 0
+    assert (
+        "metadata names ex08_dropout_theory but its cells' grade ids are ex01_inverted_dropout's"
+        in other["reason"]
+    )
+    repeated = rows["repeated_grade_id"]
+    assert "grade ids used by more than one cell (check_dropout_forward)" in repeated["reason"], repeated
+    assert float(repeated["dropout_forward"]) == 0  # judged where the first copy stands, before the solution
+    assert float(repeated["total"]) == FULL - 11

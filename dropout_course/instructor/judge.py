@@ -133,7 +133,8 @@ def judge_notebook(
         row["reason"] = f"unknown exercise {exercise!r} (--exercise); known: {', '.join(sorted(known))}"
         row.pop("scores"), row.pop("notes")
         return row
-    exercise = exercise or plan.detect_exercise(nb, Path(path), known)
+    exercise, more = plan.choose_exercise(nb, Path(path), known, exercise)
+    notes += more
     if exercise is None:
         row["reason"] = (
             "cannot tell which exercise this is (no release metadata, no known grade ids): use --exercise"

@@ -78,7 +78,7 @@ def parse_submission(raw: bytes) -> tuple[dict, list[str]]:
     what had to be ignored; ValueError with a reason if it is not a notebook."""
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ValueError(f"not valid JSON (not a notebook file?): {str(exc)[:120]}") from None
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise ValueError("not a Jupyter notebook: no list of cells")
@@ -107,22 +107,45 @@ def parse_submission(raw: bytes) -> tuple[dict, list[str]]:
     return data, notes
 
 
-def detect_exercise(nb, path: Path, known: dict) -> str | None:
-    meta = nb.get("metadata", {}).get(META_KEY, {})
-    if isinstance(meta, dict) and meta.get("exercise") in known:
-        return meta["exercise"]
+def exercise_of_grade_ids(nb, known: dict) -> str | None:
+    """The exercise whose source shares the most grade ids with ``nb`` (None if none shares any)."""
     ids = {grade_id(c) for c in nb["cells"]} - {None}
     best, overlap = None, 0
     for name, src in known.items():
         n = len(ids & ({grade_id(c) for c in src["cells"]} - {None}))
         if n > overlap:
             best, overlap = name, n
+    return best
+
+
+def metadata_exercise(nb, known: dict) -> str | None:
+    meta = nb.get("metadata", {}).get(META_KEY, {})
+    return meta["exercise"] if isinstance(meta, dict) and meta.get("exercise") in known else None
+
+
+def detect_exercise(nb, path: Path, known: dict) -> str | None:
+    best = metadata_exercise(nb, known) or exercise_of_grade_ids(nb, known)
     if best:
         return best
     for part in reversed(path.parts):
         if part in known:
             return part
     return None
+
+
+def choose_exercise(nb, path: Path, known: dict, pinned: str | None) -> tuple[str | None, list[str]]:
+    """The exercise to grade ``nb`` as (``pinned``: ``--exercise``), and a note when the notebook's metadata
+    names another exercise than its cells' grade ids (a learner cannot switch exercises unnoticed)."""
+    if pinned is not None:
+        return pinned, []
+    exercise = detect_exercise(nb, path, known)
+    by_cells = exercise_of_grade_ids(nb, known)
+    if by_cells is None or exercise == by_cells:
+        return exercise, []
+    return exercise, [
+        f"the notebook's metadata names {exercise} but its cells' grade ids are {by_cells}'s: graded as "
+        f"{exercise} (--exercise chooses)"
+    ]
 
 
 def build_graded_notebook(submission, source) -> tuple[dict, list[str]]:
@@ -132,9 +155,11 @@ def build_graded_notebook(submission, source) -> tuple[dict, list[str]]:
     """
     source_cells = {grade_id(c): c for c in source["cells"] if grade_id(c)}
     order = [grade_id(c) for c in source["cells"] if grade_id(c)]
-    out, seen = [], set()
+    out, seen, repeated = [], set(), []
     for cell in submission["cells"]:
         gid = grade_id(cell)
+        if gid in source_cells and gid in seen:
+            repeated.append(gid)
         if gid in source_cells and gid not in seen:
             src = source_cells[gid]
             if nbgrader_meta(src).get("solution") and src["cell_type"] == "code":
@@ -157,6 +182,11 @@ def build_graded_notebook(submission, source) -> tuple[dict, list[str]]:
                 position = i + 1
         out.insert(position, new)
     notes = [f"missing cells re-inserted from the source: {', '.join(missing)}"] if missing else []
+    if repeated:
+        notes.append(
+            f"grade ids used by more than one cell ({', '.join(dict.fromkeys(repeated))}): the first cell is "
+            "graded, the others run as the learner's own cells"
+        )
     return {"metadata": dict(source.get("metadata", {})), "cells": out, "nbformat": 4}, notes
 
 
