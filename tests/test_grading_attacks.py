@@ -331,3 +331,23 @@ def test_notebook_json_tricks_get_clear_reasons(graded):
     assert "grade ids used by more than one cell (check_dropout_forward)" in repeated["reason"], repeated
     assert float(repeated["dropout_forward"]) == 0  # judged where the first copy stands, before the solution
     assert float(repeated["total"]) == FULL - 11
+
+
+@pytest.mark.parametrize(
+    "module, qualname",
+    [
+        ("dropout_course.layers", "np.save"),  # numpy through the module's globals
+        ("dropout_course.layers", "torch.load"),
+        ("dropout_course.layers", "torch.nn.functional.dropout"),
+        ("torch.nn.modules.module", "torch.os._exit"),
+    ],
+)
+def test_the_judge_uses_only_objects_defined_under_the_name_the_worker_gives(module, qualname):
+    """A forged handle naming a path through another module would have the judge call any function it can
+    reach (with a check's arguments)."""
+    import dropout_course.layers  # noqa: F401 - loaded, as in the judge
+    from dropout_course.instructor.mirror import trusted
+
+    with pytest.raises(wire.WorkerLost, match="refused"):
+        trusted(module, qualname)
+    assert trusted("dropout_course.layers", "Dropout").__name__ == "Dropout"

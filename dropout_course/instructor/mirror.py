@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import types
 
 import torch
 from torch import nn
@@ -27,16 +28,25 @@ _CLASSES: dict[tuple, type] = {}
 
 
 def trusted(module: str, qualname: str, kind: type | None = None):
-    """The judge's own object ``module.qualname`` (already loaded; of type ``kind`` if given)."""
+    """The judge's own object ``module.qualname`` (already loaded; of type ``kind`` if given).
+
+    Only an object defined there under that very name: a path through another module
+    (``dropout_course.layers`` + ``torch.os._exit``) would let the worker pick any function the judge can
+    reach and have the judge call it with a check's arguments.
+    """
     loaded = sys.modules.get(module)
     if not trusted_allowed(module) or loaded is None:
         raise WorkerLost(f"refused to use {module}.{qualname} for the worker")
     obj = loaded
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
+        if isinstance(obj, types.ModuleType):
+            raise WorkerLost(f"refused to use {module}.{qualname} for the worker")
     if (
         obj is None
         or not callable(obj)
+        or getattr(obj, "__module__", None) != module
+        or getattr(obj, "__qualname__", None) != qualname
         or (kind is not None and not (isinstance(obj, type) and issubclass(obj, kind)))
     ):
         raise WorkerLost(f"refused to use {module}.{qualname} for the worker")
