@@ -351,3 +351,19 @@ def test_the_judge_uses_only_objects_defined_under_the_name_the_worker_gives(mod
     with pytest.raises(wire.WorkerLost, match="refused"):
         trusted(module, qualname)
     assert trusted("dropout_course.layers", "Dropout").__name__ == "Dropout"
+
+
+@needs_root
+def test_without_namespaces_what_a_sandbox_leaves_in_scratch_folders_is_deleted(monkeypatch):
+    """Where the kernel refuses the private file systems, the worker writes the machine's /tmp: what its user
+    left at the top of the scratch folders is deleted when it ends (not another user's files)."""
+    monkeypatch.setattr(isolation, "private_file_systems", lambda uid: None)
+    client = Client(sandbox.start())
+    mine = f"/tmp/{MARKER}_{client.sandbox.uid}"
+    try:
+        code = f"import os\nopen({mine!r}, 'w').write('x')\nos.mkdir({mine + '_dir'!r})\n"
+        assert client.request("exec", 0, code)["ok"]
+        assert os.path.exists(mine) and os.path.isdir(mine + "_dir")
+    finally:
+        client.lose("done")
+    assert not os.path.exists(mine) and not os.path.exists(mine + "_dir")

@@ -62,20 +62,27 @@ def _mount_points() -> list[tuple[str, int]]:
 def private_file_systems(uid: int) -> str | None:
     """As root, in the child: a mount namespace where every file system is read-only except fresh,
     size-limited, memory-backed ``SCRATCH_DIRS``, and a network namespace with no interface up. Returns
-    the private folder made there (owned by ``uid``), or None if the kernel refuses (no CAP_SYS_ADMIN,
-    as in a default Docker container): the sandbox then has only its user's rights (see the README)."""
+    the private folder made there (owned by ``uid``), or None where the kernel refuses (no CAP_SYS_ADMIN,
+    as in a default Docker container; or no private ``/tmp``): the sandbox's file systems are then the
+    machine's, with only its user's rights (see the README)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
         return None
     if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        os._exit(73)  # a namespace that would propagate mounts to the machine: do not run learner code
-    for path, flags in _mount_points():
-        libc.mount(None, os.fsencode(path), None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, None)
+        return None  # a mount made now would reach the machine's namespace: none is made
+    scratch = []
     for path in SCRATCH_DIRS:
-        if os.path.isdir(path):
-            options = f"size={SCRATCH_MB}m,mode=1777".encode()
-            if libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
-                os._exit(74)
+        options = f"size={SCRATCH_MB}m,mode=1777".encode()
+        if (
+            os.path.isdir(path)
+            and libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0
+        ):
+            scratch.append(path)
+    if SCRATCH_DIRS[0] not in scratch:
+        return None
+    for path, flags in _mount_points():
+        if path not in scratch:  # a scratch folder that could not be made private becomes read-only
+            libc.mount(None, os.fsencode(path), None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, None)
     folder = os.path.join(SCRATCH_DIRS[0], "sandbox")
     os.mkdir(folder, 0o700)
     os.chown(folder, uid, uid)
