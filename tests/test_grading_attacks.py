@@ -367,3 +367,20 @@ def test_without_namespaces_what_a_sandbox_leaves_in_scratch_folders_is_deleted(
     finally:
         client.lose("done")
     assert not os.path.exists(mine) and not os.path.exists(mine + "_dir")
+
+
+def test_a_torch_function_as_the_candidate_changes_nothing_for_the_next_submissions(tmp_path):
+    """`Dropout = register_module_forward_pre_hook` made the judge register the check's `p` as a global hook
+    of its own, so every later submission graded by that judge lost the points of its module checks."""
+    hook = tmp_path / "a_global_hook.ipynb"
+    honest = tmp_path / "b_honest.ipynb"
+    code = "from torch.nn.modules.module import register_module_forward_pre_hook as Dropout\n"
+    nbformat.write(notebook("all", replace={"Dropout_solution": code}), hook)
+    nbformat.write(notebook("all"), honest)
+    out = tmp_path / "grades.csv"
+    args = ["grade", str(hook), str(honest), "--out", str(out), "--jobs", "1", "--call-timeout", "2"]
+    assert cli.main(args) == 0
+    with open(out, newline="") as fh:
+        rows = {Path(r["submission"]).stem: r for r in csv.DictReader(fh)}
+    assert float(rows["a_global_hook"]["Dropout"]) == 0
+    assert float(rows["b_honest"]["total"]) == FULL, rows["b_honest"]

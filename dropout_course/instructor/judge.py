@@ -235,6 +235,20 @@ def _run_checks(session, steps, exercise, row, not_run, on_check, call_timeout) 
                 on_check(call.name, score, exercise)
 
 
+def reset_torch_globals() -> None:
+    """Undo global torch state a submission could have changed in this process (global module hooks,
+    default dtype, grad mode), so that it cannot change how the next submissions are judged."""
+    import torch
+    from torch.nn.modules import module
+
+    for name in dir(module):
+        value = getattr(module, name)
+        if name.startswith("_global_") and isinstance(value, dict):
+            value.clear()
+    torch.set_default_dtype(torch.float32)
+    torch.set_grad_enabled(True)
+
+
 def serve(rfile, wfile) -> None:
     """Grade tasks (JSON lines on ``rfile``) one after the other; events as JSON lines on ``wfile``."""
     for line in rfile:
@@ -266,6 +280,7 @@ def serve(rfile, wfile) -> None:
                 "status": "error",
                 "reason": f"internal grading error: {type(exc).__name__}: {one_line(str(exc), 150)}",
             }
+        reset_torch_globals()
         emit({"event": "row", "row": row})
 
 

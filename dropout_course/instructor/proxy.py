@@ -13,8 +13,10 @@ a request ("call object #3 with these arguments") and the reply is decoded witho
   the worker's state comes back after it;
 * arguments the call changed (a tensor modified in place, a module left in train mode, a NumPy generator
   that drew numbers) are updated in the judge, so the checks see the learner's side effects;
-* trusted objects (a function or class of ``dropout_course``/``torch``/``numpy`` the learner merely
-  re-exported) are the judge's own objects, so checks of "the course's reference used" see them.
+* trusted objects (an ``nn.Module`` class of ``dropout_course`` or ``torch.nn`` the learner merely
+  re-exported) are the judge's own classes, so checks of "the course's reference used" see them. A function
+  is never the judge's own: run here with a check's arguments, one of torch's that changes global state
+  (``register_module_forward_pre_hook``) would change the judge for every later submission.
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ class Client:
 
     def proxy(self, desc: dict):
         kind = desc.get("kind")
-        if kind == "trusted":
-            return trusted(str(desc["module"]), str(desc["qualname"]))
+        if kind == "trusted":  # a module class only: a function would run here with the check's arguments
+            return trusted(str(desc["module"]), str(desc["qualname"]), kind=nn.Module)
         if kind == "tmodule":
             return rebuild_module(desc["tree"])
         if kind == "module":

@@ -102,9 +102,8 @@ class Worker:
     def handle_of(self, value) -> dict:
         from torch import nn
 
-        trusted = _trusted_name(value) if isinstance(value, (type, types.FunctionType)) else None
-        if trusted is None and isinstance(value, types.BuiltinFunctionType):
-            trusted = _trusted_name(value)
+        is_module_class = isinstance(value, type) and issubclass(value, nn.Module)
+        trusted = _trusted_name(value) if is_module_class else None  # the judge trusts only these
         if trusted:
             return {"$": "handle", "kind": "trusted", "module": trusted[0], "qualname": trusted[1]}
         info = {
