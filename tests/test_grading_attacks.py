@@ -130,6 +130,13 @@ def graded(tmp_path_factory):
     repeated.cells.insert(0, nbformat.v4.new_code_cell(check.source, metadata=dict(check.metadata)))
     paths.append(d / "repeated_grade_id.ipynb")
     nbformat.write(repeated, paths[-1])
+    # an error message with terminal escape sequences (clear the screen, move the cursor, ring the bell)
+    escapes = notebook("all")
+    escapes.cells.insert(
+        3, nbformat.v4.new_code_cell('raise ValueError("\\x1b[2J\\x1b[1;1Hall graded\\x07")')
+    )
+    paths.append(d / "terminal_escapes.ipynb")
+    nbformat.write(escapes, paths[-1])
     started = time.monotonic()
     args = [
         "grade",
@@ -384,3 +391,9 @@ def test_a_torch_function_as_the_candidate_changes_nothing_for_the_next_submissi
         rows = {Path(r["submission"]).stem: r for r in csv.DictReader(fh)}
     assert float(rows["a_global_hook"]["Dropout"]) == 0
     assert float(rows["b_honest"]["total"]) == FULL, rows["b_honest"]
+
+
+def test_a_learners_message_cannot_drive_the_instructors_terminal(graded):
+    row = graded["rows"]["terminal_escapes"]
+    assert "raised ValueError: [2J [1;1Hall graded" in row["reason"], row["reason"]
+    assert not any(ch in row["reason"] for ch in "\x1b\x07") and float(row["total"]) == FULL

@@ -30,7 +30,9 @@ SNAPSHOT_DEADLINE = 30.0
 
 
 def one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
+    """``text`` on one line of printable characters (a learner's message cannot move the instructor's
+    terminal cursor or hide rows with escape sequences), cut to ``limit`` characters."""
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
