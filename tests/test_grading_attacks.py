@@ -397,3 +397,22 @@ def test_a_learners_message_cannot_drive_the_instructors_terminal(graded):
     row = graded["rows"]["terminal_escapes"]
     assert "raised ValueError: [2J [1;1Hall graded" in row["reason"], row["reason"]
     assert not any(ch in row["reason"] for ch in "\x1b\x07") and float(row["total"]) == FULL
+
+
+def test_a_module_too_large_to_run_in_the_judge_is_refused():
+    """A module of torch's classes runs in the judge, outside the sandbox's memory and CPU limits."""
+    from torch import nn
+
+    from dropout_course.instructor.encoding import trusted_tree
+    from dropout_course.instructor.mirror import rebuild_module
+
+    small = rebuild_module(trusted_tree(nn.Sequential(nn.Linear(4, 3), nn.ReLU())))
+    assert small(torch.ones(2, 4)).shape == (2, 3)
+    with pytest.raises(wire.WorkerLost, match="too large to run in the judge"):
+        rebuild_module(trusted_tree(nn.Sequential(*[nn.Identity()] * 10_001)))
+    with pytest.raises(wire.WorkerLost, match="too large to run in the judge"):
+        rebuild_module(trusted_tree(nn.Linear(4096, 4097)))
+    forged = trusted_tree(nn.ReLU())
+    forged["attrs"]["_forward_hooks"] = 1
+    with pytest.raises(wire.WorkerLost, match="would replace nn.Module's own"):
+        rebuild_module(forged)

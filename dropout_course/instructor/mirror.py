@@ -67,15 +67,37 @@ def _plain_value(value):
     raise WorkerLost(f"unexpected module attribute {type(value).__name__}")
 
 
-def rebuild_module(tree: dict) -> nn.Module:
-    """A module of torch's/the course's classes rebuilt in the judge from plain data (no learner code)."""
+MAX_REBUILT_MODULES = 10_000  # a module run in the judge: far above the course's models
+MAX_REBUILT_ELEMENTS = 1 << 24  # parameter and buffer elements (64 MiB of float32)
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
+def rebuild_module(tree: dict, budget: list[int] | None = None) -> nn.Module:
+    """A module of torch's/the course's classes rebuilt in the judge from plain data (no learner code).
+
+    It runs in the judge, outside the sandbox's limits: one larger than MAX_REBUILT_MODULES modules or
+    MAX_REBUILT_ELEMENTS elements, or whose attributes would replace ``nn.Module``'s own, is refused.
+    """
+    budget = [MAX_REBUILT_MODULES, MAX_REBUILT_ELEMENTS] if budget is None else budget
     cls = trusted(*[str(v) for v in tree["cls"]], kind=nn.Module)
     module = cls.__new__(cls)
     nn.Module.__init__(module)
     for key, value in dict(tree.get("attrs", {})).items():
+        if str(key) in _MODULE_INTERNALS:
+            raise WorkerLost(f"a module attribute {str(key)[:40]!r} that would replace nn.Module's own")
         module.__dict__[str(key)] = _plain_value(value)
     module.training = bool(tree.get("training", True))
     grads = dict(tree.get("grads", {}))
+    tensors = [
+        v for v in list(dict(tree.get("params", {})).values()) + list(dict(tree.get("buffers", {})).values())
+    ]
+    budget[0] -= 1
+    budget[1] -= sum(int(v.numel()) for v in tensors if isinstance(v, torch.Tensor))
+    if budget[0] < 0 or budget[1] < 0:
+        raise WorkerLost(
+            f"a module of torch's/the course's classes larger than {MAX_REBUILT_MODULES} modules or "
+            f"{MAX_REBUILT_ELEMENTS} elements: too large to run in the judge"
+        )
     for key, value in dict(tree.get("params", {})).items():
         module._parameters[key] = (
             None if value is None else nn.Parameter(value, requires_grad=bool(grads.get(key)))
@@ -86,7 +108,7 @@ def rebuild_module(tree: dict) -> nn.Module:
         if key not in persistent:
             module._non_persistent_buffers_set.add(key)
     for key, child in dict(tree.get("children", {})).items():
-        module._modules[key] = None if child is None else rebuild_module(child)
+        module._modules[key] = None if child is None else rebuild_module(child, budget)
     return module
 
 
