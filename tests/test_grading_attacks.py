@@ -294,9 +294,10 @@ def test_a_sandbox_is_first_for_the_oom_killer_and_in_its_own_cgroups():
     assert items["oom"]["value"].strip() == "1000"
     uid = client.sandbox.uid
     joined = f"dropout-course-sandbox-{uid}" in items["cg"]["value"]
-    writable = os.access(os.path.dirname(next(iter(isolation._cgroup_dirs(uid).values()))), os.W_OK)
+    dirs = isolation._cgroup_dirs(uid)  # inside the judge's own cgroups, so that their limits still hold
+    writable = any(os.access(os.path.dirname(d), os.W_OK) for d in dirs.values())
     assert joined or not writable  # where cgroups can be made, the sandbox is in its own
-    assert not any(os.path.exists(p) for p in isolation._cgroup_dirs(uid).values())  # removed at the end
+    assert not any(os.path.exists(d) for d in dirs.values())  # removed at the end
 
 
 @needs_root

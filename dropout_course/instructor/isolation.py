@@ -16,9 +16,11 @@ process is also the first the kernel's out-of-memory killer picks (``oom_score_a
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import shutil
+import time
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -113,12 +115,39 @@ CGROUP_V1 = "/sys/fs/cgroup"  # cgroup v1: one hierarchy per controller, e.g. /s
 CPU_PERIOD_US = 100_000
 
 
+def _own_cgroups() -> dict[str, str]:
+    """This process's cgroup path per controller ("" for cgroup v2), from ``/proc/self/cgroup``."""
+    paths = {}
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            for line in fh:
+                parts = line.rstrip("\n").split(":", 2)
+                if len(parts) == 3:
+                    for controller in parts[1].split(","):
+                        paths[controller] = parts[2]
+    except OSError:
+        pass
+    return paths
+
+
 def _cgroup_dirs(uid: int) -> dict[str, str]:
-    """The sandbox's cgroup folder per controller ("cpu", "memory", or "unified" for cgroup v2)."""
+    """The sandbox's cgroup folder per controller ("cpu", "memory", or "unified" for cgroup v2), made
+    inside the judge's own cgroups, so that the limits of the machine's, container's or CI job's cgroups
+    still hold for the sandbox."""
     name = f"dropout-course-sandbox-{uid}"
+    own = _own_cgroups()
     if os.path.exists(os.path.join(CGROUP_V1, "cgroup.controllers")):
-        return {"unified": os.path.join(CGROUP_V1, name)}
-    return {c: os.path.join(CGROUP_V1, c, name) for c in ("cpu", "memory")}
+        return {"unified": os.path.join(CGROUP_V1 + own.get("", "/"), name)}
+    dirs = {}
+    for controller in ("cpu", "memory"):
+        mounts = (
+            [os.path.join(CGROUP_V1, m) for m in os.listdir(CGROUP_V1) if controller in m.split(",")]
+            if os.path.isdir(CGROUP_V1)
+            else []
+        )
+        if mounts and controller in own:
+            dirs[controller] = os.path.join(mounts[0] + own[controller], name)
+    return dirs
 
 
 def _write(folder: str, name: str, value: str) -> bool:
@@ -155,9 +184,17 @@ def join_cgroups(uid: int, memory_mb: int) -> list[str]:
 
 
 def remove_cgroups(uid: int) -> None:
-    """Remove the sandbox's cgroups (once its processes are dead; one still in use is left as it is)."""
+    """Remove the sandbox's cgroups once its killed processes have left them (waits up to 2 s; one still in
+    use then is left, and reused by the next sandbox of that uid)."""
     for folder in _cgroup_dirs(uid).values():
-        try:
-            os.rmdir(folder)
-        except OSError:
-            pass
+        for _ in range(100):
+            try:
+                os.rmdir(folder)
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    break
+                time.sleep(0.02)
+                continue
+            break
