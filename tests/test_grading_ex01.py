@@ -232,7 +232,12 @@ def raises_not_implemented(x, p, training=True):
     raise NotImplementedError()
 
 
+def zeroes_everything(x, p, training=True):  # nothing is ever kept: the scale must not pass vacuously
+    return torch.zeros_like(x)
+
+
 WRONG = {
+    zeroes_everything: ["nothing is kept in training mode: every element is dropped", "same cause"],
     no_rescale: ["kept values are not rescaled"],
     scale_by_p: ["scaled by p instead of 1/(1-p)"],
     keep_prob: ["`p` is read as the keep probability", "scaled by 1/p instead of 1/(1-p)"],

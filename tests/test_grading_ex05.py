@@ -568,6 +568,10 @@ def no_skip(self, x):
     return ok_dp_rand(self.branch(x), self.p, self.training)
 
 
+def ignores_branch(self, x):  # never adds the branch: the fraction and scale must not pass vacuously
+    return x
+
+
 def cached_mask_init(self, branch, p=0.5):
     OkBlock.__init__(self, branch, p)
     self.mask = None
@@ -665,6 +669,7 @@ WRONG_BLOCKS = {
     OkBlockCourseDropPath: ["not credited: calls dropout_course.layers.DropPath"],
     _block(drops_skip_instead): ["the skip connection is dropped instead of the branch"],
     _block(no_skip): ["the skip connection is dropped"],
+    _block(ignores_branch): ["nothing is kept in training mode: every branch is dropped", "same cause"],
     _block(cached_mask, cached_mask_init): ["the same mask on every call"],
     _block(branch_twice_noise): ["no branch is removed completely"],
 }

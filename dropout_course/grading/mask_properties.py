@@ -163,18 +163,30 @@ def mask_properties(a: Adapter, p_values: tuple[float, float] = (0.2, 0.7)) -> l
             return  # training mode changes the output; whether rightly is judged by the other properties
         raise Fail(TOGGLE_MESSAGE)
 
+    def never_kept(ctx):
+        """One cause, one diagnosis: a candidate that drops everything fails the fraction, the scale and the
+        independence with this same text (shown once), not a vacuous pass or a guess at sharing or p."""
+        if all(observed(ctx, a, p).dropped.all() for p in p_values):
+            raise Fail(
+                f"nothing is kept in training mode: every {a.one_unit} is dropped at p={p_values[0]:g} and at "
+                f"p={p_values[1]:g}; drop a fraction p of them and scale the kept ones by 1/(1-p)"
+            )
+
     def drop_fraction(ctx):
+        never_kept(ctx)
         for p in p_values:
             dropped = observed(ctx, a, p, explain=True).dropped
             diagnose_drop_fraction(float(dropped.mean()), p, independent_draws(dropped), a.unit)
 
     def scaling(ctx):
+        never_kept(ctx)
         for p in p_values:
             obs = observed(ctx, a, p, explain=True)
             ratios = obs.ratios if a.kept_ratios is None else a.kept_ratios(ctx, obs, p)
             diagnose_scale(ratios, p, a.kept)
 
     def independent(ctx):
+        never_kept(ctx)
         p = 0.5  # two calls in a row, made here: the RNG is reset before each property
         dropped = observed(ctx, a, p, tag="first call", explain=True).dropped
         for axis, message in a.patterns:
