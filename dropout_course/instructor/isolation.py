@@ -20,6 +20,7 @@ import errno
 import os
 import re
 import shutil
+import sys
 import time
 
 CLONE_NEWNS = 0x00020000
@@ -61,12 +62,26 @@ def _mount_points() -> list[tuple[str, int]]:
     return points
 
 
+def _needed_paths() -> list[str]:
+    """Where the worker's Python, its packages and the course live: never hidden under a scratch folder."""
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)]
+    paths += [entry for entry in sys.path if entry and os.path.isabs(entry)]
+    paths.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the dropout_course package
+    return [os.path.realpath(path) for path in paths]
+
+
+def _inside(path: str, folder: str) -> bool:
+    folder = os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def private_file_systems(uid: int) -> str | None:
     """As root, in the child: a mount namespace where every file system is read-only except fresh,
     size-limited, memory-backed ``SCRATCH_DIRS``, and a network namespace with no interface up. Returns
-    the private folder made there (owned by ``uid``), or None where the kernel refuses (no CAP_SYS_ADMIN,
-    as in a default Docker container; or no private ``/tmp``): the sandbox's file systems are then the
-    machine's, with only its user's rights (see the README)."""
+    the private folder made there (owned by ``uid``; in the first scratch folder that is not where Python or
+    the course lives, e.g. a checkout in ``/tmp``), or None where the kernel refuses (no CAP_SYS_ADMIN, as in
+    a default Docker container; or no scratch folder can be made private): the sandbox's file systems are
+    then the machine's, with only its user's rights (see the README)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
         return None
@@ -74,18 +89,20 @@ def private_file_systems(uid: int) -> str | None:
         return None  # a mount made now would reach the machine's namespace: none is made
     scratch = []
     for path in SCRATCH_DIRS:
+        if any(_inside(needed, path) for needed in _needed_paths()):
+            continue  # Python or the course lives there (e.g. a checkout in /tmp): it stays, read-only
         options = f"size={SCRATCH_MB}m,mode=1777".encode()
         if (
             os.path.isdir(path)
             and libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0
         ):
             scratch.append(path)
-    if SCRATCH_DIRS[0] not in scratch:
+    if not scratch:
         return None
     for path, flags in _mount_points():
         if path not in scratch:  # a scratch folder that could not be made private becomes read-only
             libc.mount(None, os.fsencode(path), None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, None)
-    folder = os.path.join(SCRATCH_DIRS[0], "sandbox")
+    folder = os.path.join(scratch[0], "sandbox")
     os.mkdir(folder, 0o700)
     os.chown(folder, uid, uid)
     return folder
