@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from test_grading_autograde import FULL, notebook
 
 from dropout_course import cli
-from dropout_course.instructor import isolation, sandbox, wire
+from dropout_course.instructor import isolation, plan, sandbox, wire, zygote
 from dropout_course.instructor.autograde import _Run
 from dropout_course.instructor.gradebook import Gradebook
 from dropout_course.instructor.proxy import Client
@@ -368,6 +369,8 @@ def test_without_namespaces_what_a_sandbox_leaves_in_scratch_folders_is_deleted(
     """Where the kernel refuses the private file systems, the worker writes the machine's /tmp: what its user
     left at the top of the scratch folders is deleted when it ends (not another user's files)."""
     monkeypatch.setattr(isolation, "private_file_systems", lambda uid: None)
+    monkeypatch.setattr(zygote, "_current", None)  # given back afterwards
+    patched = zygote.fork_early()  # the workers are forked from this process, which has the patch
     client = Client(sandbox.start())
     mine = f"/tmp/{MARKER}_{client.sandbox.uid}"
     try:
@@ -376,6 +379,7 @@ def test_without_namespaces_what_a_sandbox_leaves_in_scratch_folders_is_deleted(
         assert os.path.exists(mine) and os.path.isdir(mine + "_dir")
     finally:
         client.lose("done")
+        patched.close()
     assert not os.path.exists(mine) and not os.path.exists(mine + "_dir")
 
 
@@ -419,3 +423,74 @@ def test_a_module_too_large_to_run_in_the_judge_is_refused():
     forged["attrs"]["_forward_hooks"] = 1
     with pytest.raises(wire.WorkerLost, match="would replace nn.Module's own"):
         rebuild_module(forged)
+
+
+# What a learner's cell finds in the worker's memory: a line of a source notebook's solution and of its hidden
+# tests (neither is in the course package), the judge's cache of source notebooks, a classmate's marker
+# (graded before by the same judge) and, as a control that the search works there, a string of its own. The
+# needles are joined at run time: no text of the cell, nor any constant compiled from it, holds one.
+MEMORY_SEARCH = """
+import gc, sys
+_own = "own_marker_b"
+def _found():
+    parts = {"solution": ["keep = (torch.rand_like(x) ", ">= p)"],
+             "hidden": ['grader.check("dropout_', 'forward_hidden"'],
+             "classmate": ["classmate_", "marker_a"], "own": ["own_", "marker_b"]}
+    needles = {key: "".join(words) for key, words in parts.items()}
+    found = set()
+    for obj in gc.get_objects():
+        if obj is needles:
+            continue
+        if type(obj) is dict:
+            values = [*obj.keys(), *obj.values()]
+        elif type(obj) in (list, tuple, set, frozenset):
+            values = list(obj)
+        else:
+            continue
+        for value in values:
+            if type(value) in (bytes, bytearray):
+                value = bytes(value).decode("latin-1")
+            if type(value) is str:
+                found.update(key for key, needle in needles.items() if needle in value)
+    return sorted(found)
+_cached = len(getattr(sys.modules.get("dropout_course.instructor.plan"), "_SOURCES", {}))
+"""
+SEARCH_CELL = (
+    MEMORY_SEARCH + 'raise RuntimeError(f"memory search: {_cached} cached sources, found {_found()}")\n'
+)
+CLEAN = "memory search: 0 cached sources, found ['own']"
+
+
+def _searching() -> nbformat.NotebookNode:
+    nb = notebook()
+    nb.cells.insert(3, nbformat.v4.new_code_cell(SEARCH_CELL))
+    return nb
+
+
+def test_the_worker_holds_no_source_notebook():
+    """The worker was a fork of its judge: a learner's cell read the solutions and hidden tests there (and
+    could run a solution: the originality checks cannot tell a copy from the learner's own work)."""
+    from dropout_course.instructor.judge import judge_notebook
+
+    raw = nbformat.writes(_searching()).encode()
+    row = judge_notebook(raw, "searching.ipynb")  # this process is the judge: it reads the sources
+    assert row["status"] == "graded" and CLEAN in row["reason"], row
+    # control: the judge holds them now, so a worker forked from it (same memory) would find them
+    ns: dict = {}
+    exec(MEMORY_SEARCH, ns)
+    assert ns["_cached"] == 1 and {"solution", "hidden"} <= set(ns["_found"]()), ns["_found"]()
+    assert "keep = (torch.rand_like(x) >= p)" in json.dumps(next(iter(plan._SOURCES.values())))
+
+
+def test_a_worker_holds_nothing_of_the_submissions_its_judge_graded_before(tmp_path):
+    classmate = notebook("all")
+    classmate.cells.insert(3, nbformat.v4.new_code_cell('secret = "classmate_marker_a"\n'))
+    nbformat.write(classmate, tmp_path / "a_classmate.ipynb")
+    nbformat.write(_searching(), tmp_path / "b_searching.ipynb")
+    out = tmp_path / "grades.csv"
+    paths = [str(tmp_path / "a_classmate.ipynb"), str(tmp_path / "b_searching.ipynb")]
+    assert cli.main(["grade", *paths, "--out", str(out), "--jobs", "1", "--call-timeout", "2"]) == 0
+    with open(out, newline="") as fh:
+        rows = {Path(r["submission"]).stem: r for r in csv.DictReader(fh)}
+    assert float(rows["a_classmate"]["total"]) == FULL, rows["a_classmate"]
+    assert CLEAN in rows["b_searching"]["reason"], rows["b_searching"]

@@ -9,9 +9,12 @@ submission. Each sandbox now has a uid of its own, and the count is taken once t
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
-import torch  # noqa: F401 - imported before the forks, as the judge does (a fork is then cheap)
 
 from dropout_course.instructor import sandbox
 from dropout_course.instructor.proxy import Client
@@ -103,3 +106,25 @@ def test_judge_uid_ranges_are_disjoint_and_below_the_largest_uid():
     assert sandbox.judge_uids(7).stop == sandbox.judge_uids(8).start
     with pytest.raises(ValueError, match=str(sandbox.PID_LIMIT)):
         sandbox.judge_uids(sandbox.PID_LIMIT)
+
+
+def test_a_dead_zygote_is_replaced_and_its_worker_still_ends():
+    box, _ = run_cell("child = None")
+    os.kill(box.factory.pid, signal.SIGKILL)
+    assert box.kill() == 0  # killed by the judge, reaped by its new parent
+    assert not running(box.pid)
+    other, _ = run_cell("child = None")
+    assert other.factory is not box.factory and other.factory.alive()
+    assert other.kill() == 0
+
+
+def test_a_zygote_ends_with_its_judge():
+    """A judge killed (no clean-up of its own) leaves no zygote: the zygote exits when its socket closes."""
+    code = (
+        "import os\nfrom dropout_course.instructor import zygote\nprint(zygote.fork_early().pid)\nos._exit(0)"
+    )
+    pid = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    deadline = time.monotonic() + 10
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(pid)

@@ -1,11 +1,11 @@
 """The judge: grades one submission with the course's checks, computed here, on proxies of the learner's code.
 
 The judge never runs learner code. It plans the submission (:mod:`.plan`), has a sandboxed worker
-(:mod:`.sandbox`) execute the notebook's code cells, and runs every ``grader.check`` of the *source*
-notebook's grade cells (hidden ones included) in this process, on proxies (:mod:`.proxy`) of the objects
-the worker holds at that cell. Each check is judged on its own: a cell or a call that hangs or kills the
-worker costs only what it touched; the next check gets a fresh worker, which re-runs the cells and skips
-the ones that hung or crashed it.
+(:mod:`.sandbox`, forked from the zygote the judge started before it read anything: :mod:`.zygote`) execute
+the notebook's code cells, and runs every ``grader.check`` of the *source* notebook's grade cells (hidden
+ones included) in this process, on proxies (:mod:`.proxy`) of the objects the worker holds at that cell.
+Each check is judged on its own: a cell or a call that hangs or kills the worker costs only what it touched;
+the next check gets a fresh worker, which re-runs the cells and skips the ones that hung or crashed it.
 
 ``python -m dropout_course.instructor.judge`` serves ``dropout-course grade`` (:mod:`.autograde`): it reads one
 JSON task per line on stdin and writes JSON events (one per check as soon as it is judged, then the row)
@@ -21,7 +21,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import plan
+from . import plan, zygote
 from .proxy import Client, WorkerLost
 from .sandbox import start
 
@@ -286,31 +286,13 @@ def serve(rfile, wfile) -> None:
         emit({"event": "row", "row": row})
 
 
-def _preload() -> None:
-    """Import what every worker needs before the first fork (a fork is then cheap), on one thread."""
-    import torch
-
-    torch.set_num_threads(1)
-    from ..grading import EXERCISES
-    from ..grading.core import load_checks
-
-    for exercise in EXERCISES:
-        try:
-            load_checks(exercise)
-        except Exception:  # noqa: BLE001 - a broken grader costs its own submissions (reported there)
-            traceback.print_exc()
-    try:
-        from IPython.core.inputtransformer2 import TransformerManager  # noqa: F401
-    except ImportError:
-        pass
-
-
 def main() -> int:
     events = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # stray prints go to stderr; the events channel is private
     sys.stdout = sys.stderr
     os.environ.pop("DROPOUT_COURSE_RESULTS", None)
-    _preload()
+    zygote.preload()
+    zygote.fork_early()  # before any source notebook or submission is read: workers never hold them
     serve(sys.stdin, events)
     return 0
 

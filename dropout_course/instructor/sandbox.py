@@ -1,6 +1,10 @@
-"""A disposable, isolated process for a submission's code: :func:`start` forks it, :meth:`Sandbox.kill` ends it.
+"""A disposable, isolated process for a submission's code: :func:`start` has one forked, :meth:`Sandbox.kill`
+ends it.
 
-The child, before any learner code runs:
+The worker is forked from the judge's zygote (:mod:`.zygote`), a process that has imported torch and the
+course package but never held a source notebook or a submission: the learner's code finds neither the
+solutions and hidden tests nor classmates' code in the worker's memory. Before any learner code runs, the
+worker:
 
 * starts its own session and process group (``setsid``) and keeps only its two pipe ends (stdin, stdout
   and stderr are ``/dev/null``; every other inherited descriptor is closed);
@@ -14,12 +18,12 @@ The child, before any learner code runs:
   equal CPU share with the other sandboxes and ``memory_mb`` of memory. As another user it has only the
   limits above: see the README's grading section.
 
-At the end the judge kills the worker alone and reaps it; whatever of the sandbox still runs then outlived
-it, so the learner's code left it behind (the integrity note counts these). Then every process of the
-sandbox is killed: as root everything holding its uid (detached or re-parented ones included), otherwise its
-session and process group. As root each sandbox has a uid of its own (a fresh one from its judge's range),
-so no process of another sandbox, earlier or at the same time, is ever counted or killed with it; the
-files it left in the machine's world-writable folders and its cgroups are removed.
+At the end the judge has the zygote kill the worker alone and reap it; whatever of the sandbox still runs
+then outlived it, so the learner's code left it behind (the integrity note counts these). Then every process
+of the sandbox is killed: as root everything holding its uid (detached or re-parented ones included),
+otherwise its session and process group. As root each sandbox has a uid of its own (a fresh one from its
+judge's range), so no process of another sandbox, earlier or at the same time, is ever counted or killed
+with it; the files it left in the machine's world-writable folders and its cgroups are removed.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ import resource
 import shutil
 import signal
 import tempfile
+import time
 from dataclasses import dataclass
 
-from . import isolation
+from . import isolation, zygote
 
 SANDBOX_UID_BASE = 2_100_000_000
 UIDS_PER_JUDGE = 8  # a judge's range of sandbox uids (one per sandbox, used in turn)
@@ -82,13 +87,14 @@ def _fresh_uid() -> int:
 
 @dataclass
 class Sandbox:
-    """The judge's handle on one sandboxed worker: its pid, its pipes, its folder, its uid (None: not root)."""
+    """The judge's handle on one sandboxed worker: its pid, pipes, folder, uid (None: not root), zygote."""
 
     pid: int
     to_worker: int  # judge writes requests here
     from_worker: int  # judge reads replies here
     folder: str
     uid: int | None
+    factory: zygote.Zygote  # the zygote that forked the worker: its parent, which reaps it
     ended: bool = False  # killed and reaped: its pid may belong to another process now
 
     def members(self) -> list[_Process]:
@@ -108,13 +114,9 @@ class Sandbox:
             return 0
         self.ended = True
         try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+            self.factory.kill_worker(self.pid)
+        except zygote.ZygoteLost:  # the worker was re-parented: killed here, reaped by its new parent
+            _kill_orphan(self.pid)
         left = running = [p.pid for p in self.members() if not p.dying]
         for _ in range(KILL_ROUNDS):
             if not running:
@@ -170,6 +172,23 @@ def _processes() -> list[_Process]:
         dying = state in ("Z", "X", "x") or bool(flags & PF_EXITING) or bool(pending & SIGKILL_BIT)
         procs.append(_Process(int(name), uids, pgid, sid, dying))
     return procs
+
+
+def _kill_orphan(pid: int, seconds: float = 10.0) -> None:
+    """SIGKILL ``pid`` (a worker whose zygote died) and wait until it is dead or ``seconds`` have passed."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X", "x"):
+                    return
+        except (OSError, IndexError):
+            return
+        time.sleep(0.01)
 
 
 def _kill_uid(uid: int) -> None:
@@ -327,7 +346,8 @@ def _drop_privileges(uid: int) -> None:
 
 
 def _child(req_r: int, rep_w: int, folder: str, uid: int | None, memory_mb: int, cpu_seconds: int):
-    """Runs in the forked child: isolate, limit, drop privileges, then serve (never returns)."""
+    """Runs in the worker, just forked by the zygote: isolate, limit, drop privileges, then serve (never
+    returns)."""
     try:
         os.setsid()
         if uid is not None:
@@ -355,19 +375,17 @@ def _child(req_r: int, rep_w: int, folder: str, uid: int | None, memory_mb: int,
 
 
 def start(memory_mb: int = DEFAULT_MEMORY_MB, cpu_seconds: int = DEFAULT_CPU_SECONDS) -> Sandbox:
-    """Fork a worker in a fresh sandbox; return the judge's handle on it."""
+    """Have the judge's zygote fork a worker in a fresh sandbox; return the judge's handle on it."""
     uid = _fresh_uid() if changes_user() else None
     folder = tempfile.mkdtemp(prefix="dropout-course-sandbox-")
-    if uid is not None:
-        os.chown(folder, uid, uid)
-    os.chmod(folder, 0o700)
-    req_r, req_w = os.pipe()
-    rep_r, rep_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        os.close(req_w)
-        os.close(rep_r)
-        _child(req_r, rep_w, folder, uid, memory_mb, cpu_seconds)
-    os.close(req_r)
-    os.close(rep_w)
-    return Sandbox(pid, req_w, rep_r, folder, uid)
+    try:
+        if uid is not None:
+            os.chown(folder, uid, uid)
+        os.chmod(folder, 0o700)
+        factory, pid, to_worker, from_worker = zygote.start_worker(
+            folder=folder, uid=uid, memory_mb=memory_mb, cpu_seconds=cpu_seconds
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Sandbox(pid, to_worker, from_worker, folder, uid, factory)
