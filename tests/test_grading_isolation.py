@@ -46,3 +46,27 @@ def test_a_scratch_folder_holding_the_course_is_not_hidden(tmp_path, monkeypatch
         pytest.skip("the kernel refuses private file systems here (no CAP_SYS_ADMIN)")
     assert report.get("marker") == "here", report  # the course is still there
     assert report["folder"] == str(other / "sandbox"), report  # the private folder went to the other scratch
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="private file systems are made only when grading runs as root")
+def test_the_worker_cannot_read_the_exercise_sources():
+    """Where the sandbox gets its own mount namespace, exercises/source is an empty folder to the worker."""
+    from dropout_course.instructor import sandbox
+    from dropout_course.instructor.proxy import Client
+
+    source = isolation.hidden_dirs()
+    assert source and os.listdir(source[0]), "the sources are there for the judge"
+    client = Client(sandbox.start())
+    try:
+        items = client.request(
+            "snapshot",
+            {
+                "ns": "__import__('os').readlink('/proc/self/ns/mnt')",
+                "ls": f"len(__import__('os').listdir({source[0]!r}))",
+            },
+        )["items"]
+    finally:
+        client.lose("done")
+    if items["ns"]["value"] == os.readlink("/proc/self/ns/mnt"):
+        pytest.skip("the kernel refuses mount namespaces here: the sources are protected by file modes only")
+    assert items["ls"]["value"] == 0, items  # the judge (this process) sees the notebooks

@@ -76,7 +76,15 @@ class _Judge:
         )
         self.buffer = ""
 
-    def stop(self) -> None:
+    def stop(self, finished: bool = False) -> None:
+        """End the judge: ``finished`` (no task running) lets it exit on its own first, so that it ends its
+        worker factory (:mod:`.zygote`) itself; a judge that is stuck or past its limit is killed."""
+        if finished and self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         if self.proc.poll() is None:
             self.proc.kill()
         try:
@@ -222,7 +230,7 @@ class _Run:
             task.update(self.options)
             self.record(path, judge.run(task, hard_limit(self.options["timeout"])))
         if judge is not None:
-            judge.stop()
+            judge.stop(finished=True)
 
 
 def grade(

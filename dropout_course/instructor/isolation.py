@@ -1,8 +1,8 @@
 """What the sandbox of a submission may use of the machine, beyond its user's rights (as root only).
 
 * :func:`private_file_systems`: in the sandbox's child, a mount namespace where every file system is
-  read-only except fresh, size-limited scratch folders (``/tmp``, ``/var/tmp``, ``/dev/shm``), and a
-  network namespace with no interface up;
+  read-only except fresh, size-limited scratch folders (``/tmp``, ``/var/tmp``, ``/dev/shm``), the exercise
+  sources are an empty folder (:func:`hidden_dirs`), and a network namespace with no interface up;
 * :func:`join_cgroups`: the sandbox's processes together get at most one CPU, an equal share of the CPU
   with every other sandbox (however many processes it starts) and ``memory_mb`` of memory in all;
 * :func:`remove_scratch_files` / :func:`remove_cgroups`: what a sandbox leaves on the machine is removed
@@ -62,6 +62,15 @@ def _mount_points() -> list[tuple[str, int]]:
     return points
 
 
+def hidden_dirs() -> list[str]:
+    """Folders the worker must not read even where its user could: the exercise sources (solutions, hidden
+    tests). Only the judge reads them."""
+    from .release import repo_root
+
+    source = repo_root() / "exercises" / "source"
+    return [str(source)] if source.is_dir() else []
+
+
 def _needed_paths() -> list[str]:
     """Where the worker's Python, its packages and the course live: never hidden under a scratch folder."""
     paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)]
@@ -99,6 +108,11 @@ def private_file_systems(uid: int) -> str | None:
             scratch.append(path)
     if not scratch:
         return None
+    for path in hidden_dirs():  # an empty, read-only folder in their place
+        options = b"size=4k,mode=0555"
+        libc.mount(
+            b"tmpfs", os.fsencode(path), b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, options
+        )
     for path, flags in _mount_points():
         if path not in scratch:  # a scratch folder that could not be made private becomes read-only
             libc.mount(None, os.fsencode(path), None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, None)
