@@ -75,7 +75,6 @@ class Property:
     name: str
     points: float
     test: Callable[[CheckContext], None]
-    tags: frozenset[str] = frozenset()
 
 
 def fail_if_torch_dropout_module(module, verb: str, fix: str) -> None:
